@@ -1,0 +1,1 @@
+"""The kernel's own defaults, written and registered (by entry point) like any plugin."""

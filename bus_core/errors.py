@@ -1,0 +1,75 @@
+"""Every exception Bus raises on purpose, so callers can catch one family: `BusError`."""
+
+from __future__ import annotations
+
+
+class BusError(Exception):
+    """Base class of every error Bus raises deliberately."""
+
+
+class ConfigError(BusError):
+    """The configuration could not be loaded or is invalid; the message names the path and fix."""
+
+
+class PluginError(BusError):
+    """A plugin is misconfigured, misspelled a hook, or names something that does not exist."""
+
+
+class UnknownApi(BusError):
+    """An API name that is not registered (for firing) or does not exist."""
+
+
+class UnknownRpc(BusError):
+    """The API is known but has no RPC of that name."""
+
+
+class UnknownEvent(BusError):
+    """The API is known but declares no event of that name."""
+
+
+class InvalidApi(BusError):
+    """An Api subclass or Event declaration that cannot work (bad names, missing Meta)."""
+
+
+class InvalidArguments(BusError, TypeError):
+    """Arguments that cannot be sent: positional, missing, or unknown parameters."""
+
+
+class WireError(BusError, ValueError):
+    """A value cannot be put on the wire, or a received value cannot be cast back."""
+
+
+class MalformedMessage(BusError):
+    """A received message lacks required fields or cannot be decoded."""
+
+
+class MessageTooLarge(BusError):
+    """An encoded message is above `bus.max_message_size`."""
+
+
+class RpcTimeout(BusError, TimeoutError):
+    """No result arrived for an RPC within its timeout."""
+
+
+class RemoteError(BusError):
+    """The remote procedure raised; carries the remote type, message and traceback."""
+
+    def __init__(self, api_name: str, procedure_name: str, remote_type: str,
+                 remote_message: str, remote_traceback: str) -> None:
+        self.api_name = api_name
+        self.procedure_name = procedure_name
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        super().__init__(
+            f"{api_name}.{procedure_name}() raised {remote_type}: {remote_message}\n"
+            f"--- remote traceback ---\n{remote_traceback.rstrip()}"
+        )
+
+
+class TransportError(BusError):
+    """A transport failed to deliver or receive (connection lost, backend refused)."""
+
+
+class TransportNotFound(PluginError):
+    """The config names a transport or serializer that no installed plugin provides."""

@@ -1,0 +1,290 @@
+"""Every hook a Bus plugin can implement. One module, grouped by when the hooks run.
+
+A plugin is a module or object with functions decorated by `bus_core.hookimpl` and named like
+the specs below. Any hook implementation may be `async def`; the kernel awaits what it returns.
+
+Registration hooks run for every discovered plugin, once, when a bus client is created.
+Lifecycle and message-flow hooks run only for *enabled* plugins: those the config enables under
+`plugins: {<name>: {enabled: true}}`, those whose transport or serializer the config selects,
+and those passed to `bus_core.create(plugins=[...])`.
+
+Message-flow hooks run per message, so the kernel skips a hook entirely when no enabled plugin
+implements it. "before" hooks may raise to refuse a message (the caller sees the exception);
+they may also change `message.kwargs` in place. "after" hooks observe: their exceptions are
+logged and swallowed, because the message has already been handled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import argparse
+
+    from bus_core.client import BusClient
+    from bus_core.messages import EventMessage, RpcMessage
+    from bus_core.worker import Worker
+
+hookspec = pluggy.HookspecMarker("bus")
+
+TransportRegistrar = Callable[..., None]
+"""`register(kind, name, factory, options_schema=None)`: kind is rpc, result, event or schema."""
+SerializerRegistrar = Callable[..., None]
+"""`register(name, factory)`: factory() returns an object with `dumps` and `loads`."""
+ConfigSourceRegistrar = Callable[..., None]
+"""`register(schemes, loader)`: loader(location) returns YAML/JSON text or a mapping."""
+CommandRegistrar = Callable[..., None]
+"""`register(name, help, setup, run)`: setup(parser) adds options, run(args) returns an exit code."""
+
+
+# ----------------------------------------------------------------------------------------
+# Registration: called once per bus client (and by the CLI), for every discovered plugin.
+# ----------------------------------------------------------------------------------------
+
+
+@hookspec
+def bus_register_transports(register: TransportRegistrar) -> None:
+    """Offer transports, selectable by name in the config.
+
+    Called when a bus client is created, for every discovered plugin.
+
+    :param register: call ``register(kind, name, factory, options_schema=None)`` once per
+        transport. ``kind`` is ``"rpc"``, ``"result"``, ``"event"`` or ``"schema"``;
+        ``factory(**options)`` receives the options from the config (and ``serializer``,
+        ``service_name``, ``process_name``) and returns an instance of the matching contract
+        in ``bus_core.transports``. ``options_schema`` is the JSON Schema of the options.
+    :return: nothing; not firstresult.
+    """
+
+
+@hookspec
+def bus_register_serializers(register: SerializerRegistrar) -> None:
+    """Offer message serializers, selectable with ``bus.serializer`` in the config.
+
+    :param register: call ``register(name, factory)``; ``factory()`` returns an object with
+        ``dumps(value) -> bytes`` and ``loads(data: bytes) -> value``.
+    :return: nothing; not firstresult.
+    """
+
+
+@hookspec
+def bus_register_config_sources(register: ConfigSourceRegistrar) -> None:
+    """Offer places the configuration can be read from (files, URLs, a key-value store...).
+
+    Called before the configuration is loaded, for every discovered plugin.
+
+    :param register: call ``register(schemes, loader)``. ``schemes`` is a string or tuple of
+        URL schemes (``"https"``) or ``"file"`` for plain paths; ``loader(location)`` returns
+        the document as YAML/JSON text or as a mapping, or raises ``ConfigError``.
+    :return: nothing; not firstresult.
+    """
+
+
+@hookspec
+def bus_register_commands(register: CommandRegistrar) -> None:
+    """Add subcommands to the ``bus`` command line.
+
+    :param register: call ``register(name, help, setup, run)``. ``setup(parser)`` adds options
+        to the subcommand's ``argparse`` parser (the common ``--config``/``--bus`` options are
+        already there); ``run(args)`` does the work and returns the exit code.
+    :return: nothing; not firstresult.
+    """
+
+
+@hookspec
+def bus_plugin_config_schema() -> Mapping[str, Any] | None:
+    """Describe this plugin's section of the config, ``plugins: {<plugin name>: {...}}``.
+
+    :return: a JSON Schema for the section's properties (``enabled`` is added by the kernel),
+        or None for no options. The kernel files it under the implementing plugin's name.
+        Not firstresult: every plugin answers for itself.
+    """
+
+
+# ----------------------------------------------------------------------------------------
+# Lifecycle: awaited, enabled plugins only.
+# ----------------------------------------------------------------------------------------
+
+
+@hookspec
+def bus_client_started(client: BusClient) -> None:
+    """The bus client has opened its transports and is ready to send.
+
+    Fires once per event loop the client runs on (its own background loop for sync calls,
+    the caller's loop for async ones), before the first message is sent from that loop.
+
+    :param client: the bus client.
+    :return: nothing; may be a coroutine.
+    """
+
+
+@hookspec
+def bus_client_stopping(client: BusClient) -> None:
+    """The bus client is closing; transports are still open.
+
+    :param client: the bus client.
+    :return: nothing; may be a coroutine.
+    """
+
+
+@hookspec
+def bus_worker_started(client: BusClient, worker: Worker) -> None:
+    """A worker has started its consumers and is about to serve.
+
+    Runs after the ``@bus.client.on_start`` functions.
+
+    :param client: the bus client.
+    :param worker: the worker: ``worker.api_names`` served, ``worker.listener_names``.
+    :return: nothing; may be a coroutine.
+    """
+
+
+@hookspec
+def bus_worker_stopping(client: BusClient, worker: Worker) -> None:
+    """A worker has drained its in-flight work and is stopping.
+
+    Runs before the ``@bus.client.on_stop`` functions; transports are still open.
+
+    :param client: the bus client.
+    :param worker: the worker.
+    :return: nothing; may be a coroutine.
+    """
+
+
+# ----------------------------------------------------------------------------------------
+# Message flow: per message, enabled plugins only, skipped when nobody implements them.
+# ----------------------------------------------------------------------------------------
+
+
+@hookspec
+def bus_before_rpc_call(client: BusClient, message: RpcMessage) -> None:
+    """Caller side, before an RPC call is sent. Raise to refuse the call.
+
+    :param client: the calling bus client.
+    :param message: the call; ``message.kwargs`` holds wire values and may be changed.
+    :return: nothing; may be a coroutine.
+    """
+
+
+@hookspec
+def bus_after_rpc_call(
+    client: BusClient, message: RpcMessage, result: Any, error: BaseException | None,
+    duration: float,
+) -> None:
+    """Caller side, after the result arrived, the call failed remotely, or it timed out.
+
+    :param client: the calling bus client.
+    :param message: the call that was sent.
+    :param result: the wire value returned (None when ``error`` is set).
+    :param error: ``RemoteError``, ``RpcTimeout`` or another exception, or None on success.
+    :param duration: seconds from send to outcome.
+    :return: nothing; may be a coroutine. Exceptions are logged, not raised.
+    """
+
+
+@hookspec
+def bus_before_rpc_execution(client: BusClient, message: RpcMessage) -> None:
+    """Worker side, before a received call runs. Raise to refuse it: the caller gets the
+    exception back as a remote error.
+
+    :param client: the serving bus client.
+    :param message: the received call (wire values in ``message.kwargs``).
+    :return: nothing; may be a coroutine.
+    """
+
+
+@hookspec
+def bus_after_rpc_execution(
+    client: BusClient, message: RpcMessage, result: Any, error: BaseException | None,
+    duration: float,
+) -> None:
+    """Worker side, after a call ran and before its result is sent.
+
+    :param client: the serving bus client.
+    :param message: the call.
+    :param result: the procedure's return value as a wire value (None on error).
+    :param error: the exception the procedure raised, or None.
+    :param duration: seconds the execution took.
+    :return: nothing; may be a coroutine. Exceptions are logged, not raised.
+    """
+
+
+@hookspec
+def bus_before_event_fire(client: BusClient, message: EventMessage) -> None:
+    """Before an event is sent to the event transport. Raise to refuse the fire.
+
+    :param client: the firing bus client.
+    :param message: the event (wire values in ``message.kwargs``).
+    :return: nothing; may be a coroutine.
+    """
+
+
+@hookspec
+def bus_after_event_fire(
+    client: BusClient, message: EventMessage, error: BaseException | None, duration: float,
+) -> None:
+    """After the event transport accepted (or failed to accept) an event.
+
+    :param client: the firing bus client.
+    :param message: the event; ``native_id`` is set when the transport gave one.
+    :param error: the exception if sending failed, else None.
+    :param duration: seconds the send took.
+    :return: nothing; may be a coroutine. Exceptions are logged, not raised.
+    """
+
+
+@hookspec
+def bus_before_event_handling(client: BusClient, message: EventMessage, listener_name: str) -> None:
+    """Before a listener's handler runs for a received event. Raise to refuse the event:
+    it is then treated as a handler failure.
+
+    :param client: the listening bus client.
+    :param message: the received event (wire values in ``message.kwargs``).
+    :param listener_name: the listener about to handle it.
+    :return: nothing; may be a coroutine.
+    """
+
+
+@hookspec
+def bus_after_event_handling(
+    client: BusClient, message: EventMessage, listener_name: str, error: BaseException | None,
+    duration: float,
+) -> None:
+    """After a listener's handler finished, successfully or not.
+
+    :param client: the listening bus client.
+    :param message: the event.
+    :param listener_name: the listener that handled it.
+    :param error: the exception the handler raised, or None.
+    :param duration: seconds the handler took.
+    :return: nothing; may be a coroutine. Exceptions are logged, not raised.
+    """
+
+
+@hookspec
+def bus_on_handler_error(
+    client: BusClient, message: RpcMessage | EventMessage, listener_name: str | None,
+    error: BaseException, action: str,
+) -> None:
+    """A procedure or event handler raised, or a received message could not be used.
+
+    :param client: the bus client serving or listening.
+    :param message: the call or event being handled.
+    :param listener_name: the listener for events, None for RPCs.
+    :param error: the exception.
+    :param action: what the worker does next: ``"reply_error"`` (RPC), ``"redeliver"``,
+        ``"dead_letter"``, ``"acknowledge"`` or ``"stop"`` (events).
+    :return: nothing; may be a coroutine. Exceptions are logged, not raised.
+    """
+
+
+REGISTRATION_HOOKS = frozenset({
+    "bus_register_transports",
+    "bus_register_serializers",
+    "bus_register_config_sources",
+    "bus_register_commands",
+    "bus_plugin_config_schema",
+})

@@ -1,0 +1,426 @@
+"""The plugin manager: discovery, enablement, registries, and the typed hook facade.
+
+Every plugin, built-in or third-party, arrives the same way: an entry point in the `bus`
+group (or a module/object passed to `bus_core.create(plugins=[...])`). Discovery is not
+enablement: registration hooks run for every discovered plugin; lifecycle and message-flow
+hooks only for enabled ones (see `bus_core.hookspecs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import os
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from bus_core import hookspecs
+from bus_core.errors import PluginError, TransportNotFound
+from bus_core.transports import TRANSPORT_KINDS, Serializer
+
+if TYPE_CHECKING:
+    from bus_core.client import BusClient
+    from bus_core.messages import EventMessage, RpcMessage
+    from bus_core.worker import Worker
+
+ENTRY_POINT_GROUP = "bus"
+hookimpl = pluggy.HookimplMarker("bus")
+logger = logging.getLogger("bus.plugins")
+
+
+@dataclasses.dataclass
+class PluginInfo:
+    """What `bus plugins list` shows about one plugin."""
+
+    name: str
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    source: str = "entry point"  # or "code"
+    status: str = "loaded"  # loaded | blocked | failed
+    error: str | None = None
+    enabled: bool = False
+    builtin: bool = False
+    hooks: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransportEntry:
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    options_schema: Mapping[str, Any] | None
+    plugin_name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandEntry:
+    name: str
+    help: str
+    setup: Callable[[Any], None]
+    run: Callable[[Any], int | None]
+    plugin_name: str
+
+
+def disabled_from_env() -> set[str]:
+    raw = os.environ.get("BUS_DISABLED_PLUGINS", "")
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+def _truthy_env(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class PluginManager:
+    """One per bus client (and one for the CLI): plugins, registries and hooks."""
+
+    def __init__(self, plugins: Iterable[object] = (), *, load_entry_points: bool = True,
+                 disabled: set[str] | None = None, trace: bool | None = None) -> None:
+        self.pm = pluggy.PluginManager("bus")
+        self.pm.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self.disabled = disabled_from_env() if disabled is None else set(disabled)
+        self.transports: dict[tuple[str, str], TransportEntry] = {}
+        self.serializers: dict[str, tuple[Callable[[], Serializer], str]] = {}
+        self.config_sources: dict[str, tuple[Callable[[str], Any], str]] = {}
+        self.commands: dict[str, CommandEntry] = {}
+        self.config_schemas: dict[str, Mapping[str, Any] | None] = {}
+        self._forced_enabled: set[str] = set()
+        self.enabled: set[str] = set()
+        self.hooks = HookFacade(self)
+        if trace if trace is not None else _truthy_env("BUS_TRACE_PLUGINS"):
+            self.enable_tracing()
+        if load_entry_points:
+            self.load_entry_points()
+        for plugin in plugins:
+            self.register(plugin, enabled=True)
+
+    # -- discovery ---------------------------------------------------------------------
+
+    def load_entry_points(self) -> None:
+        for entry_point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP),
+                                  key=lambda ep: ep.name):
+            dist = getattr(entry_point, "dist", None)
+            info = PluginInfo(
+                name=entry_point.name,
+                module=entry_point.value,
+                distribution=dist.metadata["Name"] if dist else None,
+                version=dist.version if dist else None,
+                builtin=bool(dist and dist.metadata["Name"] == "bus-core"),
+            )
+            if entry_point.name in self.infos:
+                continue  # the same distribution seen twice on sys.path
+            self.infos[info.name] = info
+            if info.name in self.disabled:
+                info.status = "blocked"
+                continue
+            try:
+                plugin = entry_point.load()
+            except Exception as exc:
+                info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+                warnings.warn(
+                    f"Bus plugin {info.name!r} from distribution "
+                    f"{info.distribution or '?'} failed to import and is skipped: {info.error}",
+                    RuntimeWarning, stacklevel=2,
+                )
+                continue
+            try:
+                self._register(plugin, info)
+            except PluginError as exc:
+                info.status, info.error = "failed", str(exc)
+                warnings.warn(f"Bus plugin {info.name!r} is skipped: {exc}", RuntimeWarning,
+                              stacklevel=2)
+
+    def register(self, plugin: object, name: str | None = None, *, enabled: bool = True) -> str:
+        """Register a plugin given in code (a module, class or instance with hook impls)."""
+        name = name or getattr(plugin, "bus_plugin_name", None) or _plugin_name(plugin)
+        if name in self.disabled:
+            self.infos[name] = PluginInfo(name=name, module=_module_name(plugin), source="code",
+                                          status="blocked")
+            return name
+        info = PluginInfo(name=name, module=_module_name(plugin), source="code")
+        self.infos[name] = info
+        self._register(plugin, info)
+        if enabled:
+            self._forced_enabled.add(name)
+            self.enabled.add(name)
+            info.enabled = True
+        self.hooks.refresh()
+        return name
+
+    def unregister(self, name: str) -> None:
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        self.infos.pop(name, None)
+        self.enabled.discard(name)
+        self._forced_enabled.discard(name)
+        self._forget_registrations(name)
+        self.hooks.refresh()
+
+    def _forget_registrations(self, name: str) -> None:
+        for registry in (self.transports, self.serializers, self.config_sources, self.commands):
+            for key in [k for k, v in registry.items() if _owner(v) == name]:
+                del registry[key]
+        self.config_schemas.pop(name, None)
+
+    def _register(self, plugin: object, info: PluginInfo) -> None:
+        try:
+            self.pm.register(plugin, name=info.name)
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            raise PluginError(f"plugin {info.name!r} ({info.module}): {exc}") from None
+        except Exception as exc:  # check_pending's HookCallError and friends
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            raise PluginError(
+                f"plugin {info.name!r} ({info.module}) implements a hook that does not exist: "
+                f"{exc}. Hook names are listed in docs/reference/hooks.md"
+            ) from None
+        info.hooks = sorted(
+            caller.name for caller in self.pm.get_hookcallers(plugin) or ()
+        )
+        try:
+            self._collect_registrations(info.name, plugin)
+        except Exception as exc:
+            self.pm.unregister(plugin)
+            self._forget_registrations(info.name)
+            raise PluginError(
+                f"plugin {info.name!r} ({info.module}) failed while registering: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _collect_registrations(self, plugin_name: str, plugin: object) -> None:
+        def call(hook_name: str, register: Callable[..., None]) -> None:
+            impls = [i for i in getattr(self.pm.hook, hook_name).get_hookimpls()
+                     if i.plugin is plugin]
+            for impl in impls:
+                impl.function(register)
+
+        def register_transport(kind: str, name: str, factory: Callable[..., Any],
+                               options_schema: Mapping[str, Any] | None = None) -> None:
+            if kind not in TRANSPORT_KINDS:
+                raise PluginError(f"plugin {plugin_name!r} registered a transport of unknown "
+                                  f"kind {kind!r}; kinds are {sorted(TRANSPORT_KINDS)}")
+            self.transports[(kind, name)] = TransportEntry(kind, name, factory, options_schema,
+                                                           plugin_name)
+
+        def register_serializer(name: str, factory: Callable[[], Serializer]) -> None:
+            self.serializers[name] = (factory, plugin_name)
+
+        def register_source(schemes: str | Iterable[str], loader: Callable[[str], Any]) -> None:
+            for scheme in [schemes] if isinstance(schemes, str) else schemes:
+                self.config_sources[scheme] = (loader, plugin_name)
+
+        def register_command(name: str, help: str, setup: Callable[[Any], None],
+                             run: Callable[[Any], int | None]) -> None:
+            self.commands[name] = CommandEntry(name, help, setup, run, plugin_name)
+
+        call("bus_register_transports", register_transport)
+        call("bus_register_serializers", register_serializer)
+        call("bus_register_config_sources", register_source)
+        call("bus_register_commands", register_command)
+        for impl in self.pm.hook.bus_plugin_config_schema.get_hookimpls():
+            if impl.plugin is plugin:
+                self.config_schemas[plugin_name] = impl.function()
+
+    # -- enablement --------------------------------------------------------------------
+
+    def apply_config(self, plugin_sections: Mapping[str, Mapping[str, Any]],
+                     selected_transports: Iterable[tuple[str, str]], serializer: str) -> None:
+        """Decide which plugins are enabled, from the config's `plugins` section and from
+        which transports and serializer the config selects."""
+        enabled = set(self._forced_enabled)
+        for kind_name in selected_transports:
+            entry = self.transports.get(kind_name)
+            if entry:
+                enabled.add(entry.plugin_name)
+        if serializer in self.serializers:
+            enabled.add(self.serializers[serializer][1])
+        for name, section in plugin_sections.items():
+            flag = section.get("enabled") if isinstance(section, Mapping) else None
+            if flag is True:
+                if name not in self.infos:
+                    raise PluginError(
+                        f"plugins.{name}.enabled is true but no plugin named {name!r} is "
+                        f"installed; installed: {', '.join(sorted(self.infos)) or 'none'}"
+                    )
+                if self.infos[name].status != "loaded":
+                    logger.warning("plugin %r is enabled in the config but is %s", name,
+                                   self.infos[name].status)
+                    continue
+                enabled.add(name)
+            elif flag is False:
+                enabled.discard(name)
+        self.enabled = enabled
+        for name, info in self.infos.items():
+            info.enabled = name in enabled
+        self.hooks.refresh()
+
+    # -- registries --------------------------------------------------------------------
+
+    def transport(self, kind: str, name: str) -> TransportEntry:
+        entry = self.transports.get((kind, name))
+        if entry is None:
+            known = sorted(n for k, n in self.transports if k == kind)
+            raise TransportNotFound(
+                f"no {kind} transport named {name!r} is installed; installed {kind} "
+                f"transports: {', '.join(known) or 'none'} (is its plugin pip-installed and "
+                f"not in BUS_DISABLED_PLUGINS?)"
+            )
+        return entry
+
+    def serializer(self, name: str) -> Serializer:
+        if name not in self.serializers:
+            raise TransportNotFound(
+                f"no serializer named {name!r} is installed; installed: "
+                f"{', '.join(sorted(self.serializers)) or 'none'}"
+            )
+        return self.serializers[name][0]()
+
+    def config_source(self, scheme: str) -> Callable[[str], Any] | None:
+        found = self.config_sources.get(scheme)
+        return found[0] if found else None
+
+    def enable_tracing(self) -> None:
+        def before(hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+            logger.info("hook %s -> %s (%s)", hook_name,
+                        ", ".join(i.plugin_name for i in impls), ", ".join(sorted(kwargs)))
+
+        def after(outcome: Any, hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+            if outcome.exception is not None:
+                logger.info("hook %s raised %r", hook_name, outcome.exception)
+
+        self.pm.add_hookcall_monitoring(before, after)
+
+
+def _owner(value: Any) -> str:
+    return value.plugin_name if hasattr(value, "plugin_name") else value[1]
+
+
+def _module_name(plugin: object) -> str:
+    return getattr(plugin, "__name__", None) or type(plugin).__module__
+
+
+def _plugin_name(plugin: object) -> str:
+    if inspect.ismodule(plugin):
+        return plugin.__name__
+    return getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{id(plugin):x}"
+
+
+async def _settle(results: list[Any]) -> None:
+    for result in results:
+        if inspect.isawaitable(result):
+            await result
+
+
+class HookFacade:
+    """Typed calls into the hooks, for kernel code. Hooks that no enabled plugin implements
+    are skipped before any pluggy machinery runs (a dict lookup per message)."""
+
+    GATED = tuple(sorted(
+        name for name in dir(hookspecs)
+        if name.startswith("bus_") and name not in hookspecs.REGISTRATION_HOOKS
+    ))
+
+    def __init__(self, manager: PluginManager) -> None:
+        self._manager = manager
+        self._callers: dict[str, Callable[..., list[Any]]] = {}
+
+    def refresh(self) -> None:
+        """Recompute which gated hooks have enabled implementations."""
+        manager = self._manager
+        blocked = [
+            plugin for name, plugin in manager.pm.list_name_plugin()
+            if name not in manager.enabled
+        ]
+        callers: dict[str, Callable[..., list[Any]]] = {}
+        for hook_name in self.GATED:
+            caller = manager.pm.subset_hook_caller(hook_name, remove_plugins=blocked)
+            if caller.get_hookimpls():
+                callers[hook_name] = caller
+        self._callers = callers
+
+    def implemented(self, hook_name: str) -> bool:
+        return hook_name in self._callers
+
+    async def _call(self, hook_name: str, **kwargs: Any) -> None:
+        caller = self._callers.get(hook_name)
+        if caller is not None:
+            await _settle(caller(**kwargs))
+
+    async def _observe(self, hook_name: str, **kwargs: Any) -> None:
+        caller = self._callers.get(hook_name)
+        if caller is None:
+            return
+        try:
+            await _settle(caller(**kwargs))
+        except Exception:
+            logger.exception("a %s hook implementation raised; carrying on", hook_name)
+
+    # lifecycle
+    def client_started(self, client: BusClient) -> Awaitable[None]:
+        return self._call("bus_client_started", client=client)
+
+    def client_stopping(self, client: BusClient) -> Awaitable[None]:
+        return self._observe("bus_client_stopping", client=client)
+
+    def worker_started(self, client: BusClient, worker: Worker) -> Awaitable[None]:
+        return self._call("bus_worker_started", client=client, worker=worker)
+
+    def worker_stopping(self, client: BusClient, worker: Worker) -> Awaitable[None]:
+        return self._observe("bus_worker_stopping", client=client, worker=worker)
+
+    # message flow
+    def before_rpc_call(self, client: BusClient, message: RpcMessage) -> Awaitable[None]:
+        return self._call("bus_before_rpc_call", client=client, message=message)
+
+    def after_rpc_call(self, client: BusClient, message: RpcMessage, result: Any,
+                       error: BaseException | None, duration: float) -> Awaitable[None]:
+        return self._observe("bus_after_rpc_call", client=client, message=message,
+                             result=result, error=error, duration=duration)
+
+    def before_rpc_execution(self, client: BusClient, message: RpcMessage) -> Awaitable[None]:
+        return self._call("bus_before_rpc_execution", client=client, message=message)
+
+    def after_rpc_execution(self, client: BusClient, message: RpcMessage, result: Any,
+                            error: BaseException | None, duration: float) -> Awaitable[None]:
+        return self._observe("bus_after_rpc_execution", client=client, message=message,
+                             result=result, error=error, duration=duration)
+
+    def before_event_fire(self, client: BusClient, message: EventMessage) -> Awaitable[None]:
+        return self._call("bus_before_event_fire", client=client, message=message)
+
+    def after_event_fire(self, client: BusClient, message: EventMessage,
+                         error: BaseException | None, duration: float) -> Awaitable[None]:
+        return self._observe("bus_after_event_fire", client=client, message=message,
+                             error=error, duration=duration)
+
+    def before_event_handling(self, client: BusClient, message: EventMessage,
+                              listener_name: str) -> Awaitable[None]:
+        return self._call("bus_before_event_handling", client=client, message=message,
+                          listener_name=listener_name)
+
+    def after_event_handling(self, client: BusClient, message: EventMessage, listener_name: str,
+                             error: BaseException | None, duration: float) -> Awaitable[None]:
+        return self._observe("bus_after_event_handling", client=client, message=message,
+                             listener_name=listener_name, error=error, duration=duration)
+
+    def on_handler_error(self, client: BusClient, message: RpcMessage | EventMessage,
+                         listener_name: str | None, error: BaseException,
+                         action: str) -> Awaitable[None]:
+        return self._observe("bus_on_handler_error", client=client, message=message,
+                             listener_name=listener_name, error=error, action=action)
+
+
+def now() -> float:
+    """The clock durations given to "after" hooks are measured with."""
+    return time.perf_counter()

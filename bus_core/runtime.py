@@ -1,0 +1,84 @@
+"""Where code runs: the client's background event loop, the thread pool for sync user code,
+and the bridge that lets sync callers on any thread use async internals."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop running forever in a daemon thread, for sync callers."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+        self._ready.wait()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._ready.set)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on this loop and block the calling thread for its result."""
+        future = self.submit(coro)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout=5)
+
+
+def run_in_fresh_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion on a new loop in a helper thread and wait for it: the way a
+    sync call made on a loop's own thread avoids blocking that loop against itself."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bus-nested") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def call_user_code(fn: Callable[..., Any], is_async: bool,
+                         executor: concurrent.futures.Executor, /,
+                         *args: Any, **kwargs: Any) -> Any:
+    """Await an async function in place; run a sync one in the thread pool."""
+    if is_async:
+        return await fn(*args, **kwargs)
+    loop = asyncio.get_running_loop()
+    result = await loop.run_in_executor(executor, functools.partial(fn, *args, **kwargs))
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004  (an object with async __call__)
+    )
+
+
+async def settle(value: Awaitable[T] | T) -> T:
+    return await value if inspect.isawaitable(value) else value  # type: ignore[return-value]

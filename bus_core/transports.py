@@ -1,0 +1,182 @@
+"""The four transport contracts a transport plugin implements.
+
+Each kind is chosen per API in the config (`apis.<name>.rpc_transport: {memory: {...}}`).
+A client makes one instance per (kind, name, options) per event loop, so an instance is only
+ever used from one loop and may hold loop-bound connections. Instances are opened lazily,
+before their first use, and closed with the client.
+
+Transports move bytes made by the configured serializer; the kernel owns what the bytes mean
+(`bus_core.messages`) and what to do with a message that fails (`bus_core.worker`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from bus_core.messages import EventMessage, ResultMessage, RpcMessage
+
+
+class Serializer(Protocol):
+    """Turns JSON-safe values into bytes and back. Registered by name through a hook."""
+
+    def dumps(self, value: Any) -> bytes: ...
+
+    def loads(self, data: bytes | str) -> Any: ...
+
+
+class Transport(abc.ABC):
+    """What every transport shares: lazy open, close, and the context it was built with."""
+
+    def __init__(self, *, serializer: Serializer, service_name: str, process_name: str,
+                 **options: Any) -> None:
+        self.serializer = serializer
+        self.service_name = service_name
+        self.process_name = process_name
+        self.options = options
+
+    async def open(self) -> None:  # noqa: B027  (optional)
+        """Connect. Called once, before first use, on the loop that will use the instance."""
+
+    async def close(self) -> None:  # noqa: B027  (optional)
+        """Release connections. After this the instance is not used again."""
+
+
+@dataclass(slots=True)
+class MalformedRpc:
+    """A call that arrived but cannot be decoded; `return_path` is set if it could be read."""
+
+    problem: str
+    raw: bytes | str
+    return_path: str | None = None
+    id: str | None = None
+
+
+class RpcConsumer(abc.ABC):
+    """Receives calls for a set of APIs (one worker's share of the queues)."""
+
+    @abc.abstractmethod
+    async def receive(self) -> Sequence[RpcMessage | MalformedRpc]:
+        """Wait for at least one call and return every call available now, up to a batch.
+
+        Calls whose expiry has passed are dropped here, unseen (RPCs are at most once)."""
+
+    async def close(self) -> None:  # noqa: B027
+        """Stop receiving; calls not yet returned stay queued for other workers."""
+
+
+class RpcTransport(Transport):
+    """Carries calls from callers to the workers that serve an API."""
+
+    @abc.abstractmethod
+    async def call_rpc(self, message: RpcMessage, *, timeout: float) -> None:
+        """Queue `message`; it expires if no worker takes it within `timeout` seconds."""
+
+    @abc.abstractmethod
+    async def open_consumer(self, api_names: Sequence[str]) -> RpcConsumer:
+        """Start consuming calls for `api_names`."""
+
+
+class ResultTransport(Transport):
+    """Carries each RPC's result back to its caller."""
+
+    @abc.abstractmethod
+    def get_return_path(self, message: RpcMessage) -> str:
+        """Where the worker should send the result of `message` (e.g. `redis+key://...`)."""
+
+    @abc.abstractmethod
+    async def send_result(self, rpc_message: RpcMessage, result_message: ResultMessage,
+                          return_path: str) -> None:
+        """Deliver a result to `return_path` (worker side)."""
+
+    @abc.abstractmethod
+    async def receive_result(self, rpc_message: RpcMessage, return_path: str,
+                             timeout: float) -> ResultMessage:
+        """Wait for the result of `rpc_message`; raise `TimeoutError` after `timeout` s."""
+
+
+@dataclass(slots=True)
+class EventDelivery:
+    """One event handed to one consumer. `message` is None when the entry is malformed,
+    and `problem` says why. `delivery_count` counts this delivery (first delivery: 1)."""
+
+    message: EventMessage | None
+    delivery_count: int
+    native_id: str
+    stream: str
+    problem: str | None = None
+    raw: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EventConsumer(abc.ABC):
+    """One listener's consumer: receives deliveries and settles each one exactly once."""
+
+    @abc.abstractmethod
+    async def receive(self) -> Sequence[EventDelivery]:
+        """Wait for at least one delivery; return what is available now, up to a batch."""
+
+    @abc.abstractmethod
+    async def acknowledge(self, deliveries: Sequence[EventDelivery]) -> None:
+        """The handler succeeded (or the entry is to be skipped): never deliver it again."""
+
+    @abc.abstractmethod
+    async def redeliver(self, delivery: EventDelivery, delay: float) -> None:
+        """The handler failed: deliver it again to this listener after `delay` seconds."""
+
+    @abc.abstractmethod
+    async def dead_letter(self, delivery: EventDelivery, reason: str) -> None:
+        """Move the entry to the dead-letter store with `reason`, and acknowledge it."""
+
+    async def close(self) -> None:  # noqa: B027
+        """Stop consuming. Deliveries not acknowledged become available to other consumers."""
+
+
+class EventTransport(Transport):
+    """Carries events from the API that fires them to every listener."""
+
+    @abc.abstractmethod
+    async def send_event(self, message: EventMessage) -> None:
+        """Publish `message`; set `message.native_id` (and `time`) when the backend has one."""
+
+    @abc.abstractmethod
+    async def open_consumer(self, listen_for: Sequence[tuple[str, str]], listener_name: str,
+                            since: str | datetime | None = None) -> EventConsumer:
+        """Join listener `listener_name` for `(api_name, event_name)` pairs.
+
+        Every listener name receives every event; consumers sharing a listener name (in this
+        service) share the load. `since` sets where a *new* listener starts: None for new
+        events only, "0" for the beginning, a datetime, or a transport-native id."""
+
+    async def history(self, api_name: str, event_name: str, start: datetime | None = None,
+                      stop: datetime | None = None) -> AsyncIterator[EventMessage]:
+        """Events of one kind already on the transport, newest first, read-only."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no history")
+        yield  # pragma: no cover
+
+    async def lag(self, api_name: str, event_name: str, listener_name: str) -> int:
+        """How many events listener `listener_name` has not yet received or acknowledged."""
+        raise NotImplementedError(f"{type(self).__name__} cannot report lag")
+
+
+class SchemaTransport(Transport):
+    """Shares each API's schema between services."""
+
+    @abc.abstractmethod
+    async def store(self, api_name: str, schema: dict[str, Any], ttl: float | None) -> None:
+        """Publish `schema` for `api_name`, expiring after `ttl` seconds unless refreshed."""
+
+    @abc.abstractmethod
+    async def load(self) -> dict[str, dict[str, Any]]:
+        """Every live API schema, by API name."""
+
+
+TRANSPORT_KINDS: dict[str, type[Transport]] = {
+    "rpc": RpcTransport,
+    "result": ResultTransport,
+    "event": EventTransport,
+    "schema": SchemaTransport,
+}

@@ -1,0 +1,474 @@
+"""Serving: the RPC loop, the listeners, scheduled tasks, start/stop functions, and the
+drain on SIGINT/SIGTERM.
+
+A worker never dies on a message someone else sent: a call that cannot be decoded or run gets
+an error result (when it has a return path), an event that cannot be handled is redelivered,
+acknowledged or dead-lettered by policy, and a transport failure is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from bus_core.client import cast_kwargs, check_arguments, error_result
+from bus_core.errors import MalformedMessage, UnknownApi, UnknownRpc, WireError
+from bus_core.messages import EventMessage, ResultMessage, RpcMessage
+from bus_core.plugins import now
+from bus_core.transports import EventConsumer, EventDelivery, MalformedRpc, RpcConsumer
+from bus_core.values import to_wire
+
+if TYPE_CHECKING:
+    from bus_core.client import BusClient, Listener, ScheduledTask
+
+logger = logging.getLogger("bus.worker")
+_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+def _log_context(message: RpcMessage | EventMessage, **more: Any) -> dict[str, Any]:
+    context = {"api_name": message.api_name, "message_id": message.id, **more}
+    if isinstance(message, RpcMessage):
+        context["procedure_name"] = message.procedure_name
+    else:
+        context["event_name"] = message.event_name
+    return {"bus": context}
+
+
+class _Loop:
+    """A consuming loop that can be stopped between items: it is cancelled only while it
+    waits for input, so nothing it has already taken is dropped."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.waiting = False
+        self.task: asyncio.Task[None] | None = None
+
+    async def wait_for(self, awaitable: Awaitable[Any]) -> Any:
+        self.waiting = True
+        try:
+            return await awaitable
+        finally:
+            self.waiting = False
+
+
+class _Acker:
+    """Collects acknowledgements and sends them in batches (one call per loop turn)."""
+
+    def __init__(self, consumer: EventConsumer) -> None:
+        self.consumer = consumer
+        self.pending: list[EventDelivery] = []
+        self.flushing: asyncio.Task[None] | None = None
+
+    def ack(self, delivery: EventDelivery) -> None:
+        self.pending.append(delivery)
+        if self.flushing is None:
+            self.flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.sleep(0)
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    await self.consumer.acknowledge(batch)
+                except Exception:
+                    logger.exception("acknowledging %d event(s) failed; they will be "
+                                     "redelivered", len(batch))
+        finally:
+            self.flushing = None
+
+    async def drain(self) -> None:
+        if self.flushing is not None:
+            await self.flushing
+        if self.pending:
+            await self._flush()
+
+
+class Worker:
+    """Serves a client's APIs, runs its listeners and scheduled tasks."""
+
+    def __init__(self, client: BusClient, *, rpcs: bool = True, events: bool = True,
+                 tasks: bool = True) -> None:
+        self.client = client
+        self.serve_rpcs = rpcs
+        self.run_listeners = events
+        self.run_tasks = tasks
+        self.stopping = False
+        self.failure: BaseException | None = None
+        self._loops: list[_Loop] = []
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._consumers: list[RpcConsumer | EventConsumer] = []
+        self._ackers: list[_Acker] = []
+        self._failed: asyncio.Future[None] | None = None
+        self.started = False
+
+    @property
+    def api_names(self) -> list[str]:
+        return sorted(self.client.apis) if self.serve_rpcs else []
+
+    @property
+    def listener_names(self) -> list[str]:
+        return sorted(self.client.listeners) if self.run_listeners else []
+
+    # -- start and stop --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open every consumer, run the start functions, then begin consuming."""
+        client = self.client
+        state = await client.state()
+        self._failed = asyncio.get_running_loop().create_future()
+        for function, is_async in client.start_functions:
+            await client.call_user_code(function, is_async)
+        if self.serve_rpcs and client.apis:
+            by_transport: dict[int, tuple[Any, list[str]]] = {}
+            for api_name in sorted(client.apis):
+                transport = await state.transport("rpc", api_name)
+                by_transport.setdefault(id(transport), (transport, []))[1].append(api_name)
+            for transport, api_names in by_transport.values():
+                consumer = await transport.open_consumer(api_names)
+                self._consumers.append(consumer)
+                limit = min(client.config.api(n).max_concurrent_rpcs for n in api_names)
+                self._spawn_loop(f"rpcs:{','.join(api_names)}",
+                                 lambda loop, c=consumer, n=limit: self._rpc_loop(loop, c, n))
+        if self.run_listeners:
+            for listener in client.listeners.values():
+                await self._start_listener(state, listener)
+        if self.run_tasks:
+            for task in client.scheduled:
+                self._spawn_loop(f"every:{task.name}",
+                                 lambda loop, t=task: self._scheduled_loop(loop, t))
+        self.started = True
+        await client.hooks.worker_started(client, self)
+        logger.info("worker %s/%s serving APIs [%s], listeners [%s]", client.service_name,
+                    client.process_name, ", ".join(self.api_names),
+                    ", ".join(self.listener_names))
+
+    async def _start_listener(self, state: Any, listener: Listener) -> None:
+        by_transport: dict[int, tuple[Any, list[tuple[str, str]]]] = {}
+        for api_name, event_name in listener.listen_for:
+            transport = await state.transport("event", api_name)
+            by_transport.setdefault(id(transport), (transport, []))[1].append(
+                (api_name, event_name))
+        for transport, pairs in by_transport.values():
+            consumer = await transport.open_consumer(pairs, listener.name, listener.since)
+            self._consumers.append(consumer)
+            acker = _Acker(consumer)
+            self._ackers.append(acker)
+            self._spawn_loop(
+                f"listener:{listener.name}",
+                lambda loop, c=consumer, a=acker: self._event_loop(loop, listener, c, a),
+            )
+
+    def _spawn_loop(self, name: str, body: Callable[[_Loop], Awaitable[None]]) -> None:
+        loop = _Loop(name)
+        loop.task = asyncio.get_running_loop().create_task(body(loop), name=f"bus:{name}")
+        self._loops.append(loop)
+
+    async def stop(self) -> None:
+        """Stop taking work, let in-flight work finish (up to `bus.drain_timeout`), settle
+        acknowledgements, run the stop hooks and functions, close consumers."""
+        if self.stopping:
+            return
+        self.stopping = True
+        client = self.client
+        for loop in self._loops:
+            if loop.waiting and loop.task is not None:
+                loop.task.cancel()
+        loop_tasks = [loop.task for loop in self._loops if loop.task is not None]
+        drain_timeout = float(client.config.bus["drain_timeout"])
+        await asyncio.wait(loop_tasks, timeout=drain_timeout) if loop_tasks else None
+        if self._inflight:
+            logger.info("draining %d in-flight message(s)", len(self._inflight))
+            _, pending = await asyncio.wait(set(self._inflight), timeout=drain_timeout)
+            if pending:
+                logger.warning(
+                    "%d handler(s) did not finish within bus.drain_timeout (%gs) and were "
+                    "cancelled; their events stay unacknowledged and will be redelivered",
+                    len(pending), drain_timeout)
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending)
+        for task in loop_tasks:
+            if not task.done():
+                task.cancel()
+        for acker in self._ackers:
+            await acker.drain()
+        await client.hooks.worker_stopping(client, self)
+        for function, is_async in client.stop_functions:
+            try:
+                await client.call_user_code(function, is_async)
+            except Exception:
+                logger.exception("an on_stop function raised")
+        for consumer in self._consumers:
+            try:
+                await consumer.close()
+            except Exception:
+                logger.exception("closing a consumer failed")
+        logger.info("worker %s/%s stopped", client.service_name, client.process_name)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Start, serve until `stop` is set or a listener fails with on_error=stop, stop."""
+        await self.start()
+        assert self._failed is not None
+        try:
+            waiters: list[asyncio.Future[Any]] = [self._failed]
+            if stop is not None:
+                waiters.append(asyncio.ensure_future(stop.wait()))
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters[1:]:
+                waiter.cancel()
+        finally:
+            await self.stop()
+
+    def fail(self, error: BaseException) -> None:
+        """Stop the worker because of `error` (a listener with on_error='stop')."""
+        if self.failure is None:
+            self.failure = error
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_result(None)
+
+    def _track(self, coro: Awaitable[Any], release: Callable[[], None] | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._inflight.add(task)
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            self._inflight.discard(finished)
+            if release is not None:
+                release()
+
+        task.add_done_callback(done)
+
+    async def _receive(self, loop: _Loop, receive: Callable[[], Awaitable[Any]]) -> Any:
+        """Receive with retry and backoff on transport failures; None once stopping."""
+        attempt = 0
+        while not self.stopping:
+            try:
+                return await loop.wait_for(receive())
+            except asyncio.CancelledError:
+                if self.stopping:
+                    return None
+                raise
+            except Exception as exc:
+                delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
+                attempt += 1
+                logger.warning("%s: receiving failed (%s: %s); retrying in %gs", loop.name,
+                               type(exc).__name__, exc, delay)
+                try:
+                    await loop.wait_for(asyncio.sleep(delay))
+                except asyncio.CancelledError:
+                    if self.stopping:
+                        return None
+                    raise
+        return None
+
+    # -- RPCs ------------------------------------------------------------------------------
+
+    async def _rpc_loop(self, loop: _Loop, consumer: RpcConsumer, limit: int) -> None:
+        semaphore = asyncio.Semaphore(limit)
+        while not self.stopping:
+            batch = await self._receive(loop, consumer.receive)
+            if batch is None:
+                return
+            for item in batch:
+                await semaphore.acquire()
+                self._track(self._serve_rpc(item), semaphore.release)
+
+    async def _serve_rpc(self, item: RpcMessage | MalformedRpc) -> None:
+        client = self.client
+        if isinstance(item, MalformedRpc):
+            await self._answer_malformed(item)
+            return
+        message = item
+        where = f"{message.api_name}.{message.procedure_name}()"
+        started = now()
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            procedure = client.procedure(message.api_name, message.procedure_name)
+            if procedure is None:
+                if message.api_name not in client.apis:
+                    raise UnknownApi(f"this worker does not serve API {message.api_name!r}")
+                raise UnknownRpc(f"API {message.api_name!r} has no RPC "
+                                 f"{message.procedure_name!r}")
+            function, is_async, rpc, hints = procedure
+            await client.hooks.before_rpc_execution(client, message)
+            check_arguments(where, rpc.parameters, rpc.accepts_extra, message.kwargs)
+            kwargs = cast_kwargs(where, message.kwargs, hints)
+            result = to_wire(await client.call_user_code(function, is_async, **kwargs))
+        except Exception as exc:
+            error = exc
+        await client.hooks.after_rpc_execution(client, message, result, error, now() - started)
+        if error is not None:
+            logger.warning("%s raised %s: %s", where, type(error).__name__, error,
+                           extra=_log_context(message))
+            await client.hooks.on_handler_error(client, message, None, error, "reply_error")
+            reply = error_result(message, error)
+        else:
+            reply = ResultMessage(rpc_message_id=message.id, result=result)
+        await self._send_result(message, reply)
+
+    async def _send_result(self, message: RpcMessage, reply: ResultMessage) -> None:
+        state = await self.client.state()
+        transport = await state.transport("result", message.api_name)
+        try:
+            await transport.send_result(message, reply, message.return_path)
+        except MalformedMessage as exc:  # includes a result too large to send
+            await transport.send_result(message, error_result(message, exc),
+                                        message.return_path)
+        except Exception:
+            logger.exception("sending the result of %s.%s() failed", message.api_name,
+                             message.procedure_name, extra=_log_context(message))
+
+    async def _answer_malformed(self, item: MalformedRpc) -> None:
+        logger.warning("dropped a malformed RPC call: %s", item.problem)
+        if item.return_path and item.id:
+            stub = RpcMessage(api_name="?", procedure_name="?", kwargs={}, id=item.id,
+                              return_path=item.return_path)
+            error = MalformedMessage(item.problem)
+            await self._send_result(stub, error_result(stub, error))
+
+    # -- events ----------------------------------------------------------------------------
+
+    async def _event_loop(self, loop: _Loop, listener: Listener, consumer: EventConsumer,
+                          acker: _Acker) -> None:
+        first_api = self.client.config.api(listener.listen_for[0][0])
+        ordered = first_api.ordered if listener.ordered is None else listener.ordered
+        limit = 1 if ordered else (listener.max_concurrency or first_api.max_concurrent_events)
+        semaphore = asyncio.Semaphore(limit)
+        while not self.stopping:
+            batch = await self._receive(loop, consumer.receive)
+            if batch is None:
+                return
+            for delivery in batch:
+                await semaphore.acquire()
+                self._track(self._handle_event(listener, consumer, acker, delivery),
+                            semaphore.release)
+
+    def _handler_kwargs(self, listener: Listener, message: EventMessage) -> dict[str, Any]:
+        kwargs = message.kwargs
+        if not listener.accepts_extra:
+            kwargs = {k: v for k, v in kwargs.items() if k in listener.parameter_names}
+        missing = listener.required.difference(kwargs)
+        if missing:
+            raise WireError(
+                f"event {message.canonical_name} lacks parameter(s) "
+                f"{', '.join(sorted(missing))} that listener {listener.name!r} requires"
+            )
+        return cast_kwargs(message.canonical_name, kwargs, listener.hints)
+
+    async def _handle_event(self, listener: Listener, consumer: EventConsumer, acker: _Acker,
+                            delivery: EventDelivery) -> None:
+        client = self.client
+        message = delivery.message
+        if message is None:
+            logger.warning("listener %s: dead-lettering malformed entry %s on %s: %s",
+                           listener.name, delivery.native_id, delivery.stream, delivery.problem)
+            await consumer.dead_letter(delivery, f"malformed: {delivery.problem}")
+            return
+        if not listener.wants(message.api_name, message.event_name):
+            acker.ack(delivery)  # another event on a shared stream
+            return
+        started = now()
+        error: BaseException | None = None
+        try:
+            await client.hooks.before_event_handling(client, message, listener.name)
+            kwargs = self._handler_kwargs(listener, message)
+            await client.call_user_code(listener.handler, listener.is_async, message, **kwargs)
+        except Exception as exc:
+            error = exc
+        await client.hooks.after_event_handling(client, message, listener.name, error,
+                                                now() - started)
+        if error is None:
+            acker.ack(delivery)
+            return
+        api_config = client.config.api(message.api_name)
+        action = self._action_for(listener, api_config, delivery, error)
+        logger.warning(
+            "listener %s failed on %s (id %s, delivery %d): %s: %s -> %s", listener.name,
+            message.canonical_name, message.id, delivery.delivery_count, type(error).__name__,
+            error, action, extra=_log_context(message, listener_name=listener.name),
+        )
+        await client.hooks.on_handler_error(client, message, listener.name, error, action)
+        try:
+            if action == "redeliver":
+                await consumer.redeliver(delivery, api_config.redelivery_delay)
+            elif action == "dead_letter":
+                reason = (f"listener {listener.name!r} failed after {delivery.delivery_count} "
+                          f"deliveries: "
+                          + "".join(traceback.format_exception_only(type(error), error)).strip())
+                await consumer.dead_letter(delivery, reason)
+            elif action == "acknowledge":
+                acker.ack(delivery)
+            else:  # stop: leave it pending for the next run
+                self.fail(error)
+        except Exception:
+            logger.exception("settling a failed event %s failed; it will be redelivered",
+                             message.id)
+
+    @staticmethod
+    def _action_for(listener: Listener, api_config: Any, delivery: EventDelivery,
+                    error: BaseException) -> str:
+        if isinstance(error, (WireError, MalformedMessage)):
+            return "dead_letter"  # retrying cannot fix a message that does not fit
+        policy = listener.on_error or api_config.on_handler_error
+        if policy == "redeliver" and delivery.delivery_count >= api_config.max_deliveries:
+            return "dead_letter"
+        return policy
+
+    # -- scheduled tasks -------------------------------------------------------------------
+
+    async def _scheduled_loop(self, loop: _Loop, task: ScheduledTask) -> None:
+        clock = asyncio.get_running_loop().time
+        delay = 0.0 if task.also_run_immediately else task.seconds
+        while not self.stopping:
+            try:
+                await loop.wait_for(asyncio.sleep(delay))
+            except asyncio.CancelledError:
+                if self.stopping:
+                    return
+                raise
+            started = clock()
+            try:
+                await self.client.call_user_code(task.function, task.is_async)
+            except Exception:
+                logger.exception("scheduled task %s raised; it runs again in %gs", task.name,
+                                 task.seconds)
+            delay = max(0.0, task.seconds - (clock() - started))
+
+
+def run_until_signalled(worker: Worker) -> int:
+    """Run `worker` on a new loop in this thread until SIGINT/SIGTERM; drain; return the exit
+    code (0, or 1 when a listener stopped the worker). A second signal cancels the drain."""
+    client = worker.client
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                logger.warning("second %s: stopping without waiting for in-flight work",
+                               signal.Signals(signum).name)
+                for task in list(worker._inflight):
+                    task.cancel()
+                return
+            logger.info("%s received: finishing in-flight work, then stopping",
+                        signal.Signals(signum).name)
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await worker.run(stop)
+        finally:
+            await client.close_async()
+        return 1 if worker.failure is not None else 0
+
+    try:
+        return asyncio.run(main())
+    finally:
+        client.close()

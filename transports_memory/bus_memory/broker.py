@@ -1,0 +1,331 @@
+"""The shared in-process store behind the memory transports. Thread-safe: clients on
+different event loops and threads use one broker; waiters are woken on their own loop."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+
+
+class _Waiters:
+    """Futures on any loop, woken thread-safely when something they wait for changes."""
+
+    def __init__(self) -> None:
+        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def add(self) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._futures.append((loop, future))
+        return future
+
+    def discard(self, future: asyncio.Future[None]) -> None:
+        self._futures = [(lp, f) for lp, f in self._futures if f is not future]
+
+    def wake_all(self) -> None:
+        futures, self._futures = self._futures, []
+        for loop, future in futures:
+            _wake(loop, future)
+
+
+def _wake(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    def set_result() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    if loop.is_closed():
+        return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        set_result()
+    else:
+        try:
+            loop.call_soon_threadsafe(set_result)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+
+
+@dataclass
+class StreamEntry:
+    offset: int
+    data: bytes
+    time: datetime
+
+    @property
+    def native_id(self) -> str:
+        return str(self.offset)
+
+
+@dataclass
+class PendingEntry:
+    offset: int
+    consumer: str | None  # None: released, deliverable to any consumer of the group
+    delivery_count: int
+    available_at: float  # monotonic time from which it may be delivered again
+
+
+@dataclass
+class ConsumerGroup:
+    name: str
+    next_offset: int
+    pending: dict[int, PendingEntry] = field(default_factory=dict)
+    consumers: set[str] = field(default_factory=set)
+
+
+@dataclass
+class DeadLetter:
+    stream: str
+    group: str
+    native_id: str
+    data: bytes
+    reason: str
+    time: datetime
+
+
+class Stream:
+    def __init__(self, name: str, max_length: int | None) -> None:
+        self.name = name
+        self.entries: deque[StreamEntry] = deque()
+        self.first_offset = 1
+        self.next_offset = 1
+        self.max_length = max_length
+        self.groups: dict[str, ConsumerGroup] = {}
+        self.waiters = _Waiters()
+
+    def append(self, data: bytes) -> StreamEntry:
+        entry = StreamEntry(self.next_offset, data, datetime.now(timezone.utc))
+        self.next_offset += 1
+        self.entries.append(entry)
+        if self.max_length and len(self.entries) > self.max_length:
+            self.entries.popleft()
+            self.first_offset = self.entries[0].offset
+        self.waiters.wake_all()
+        return entry
+
+    def get(self, offset: int) -> StreamEntry | None:
+        index = offset - self.first_offset
+        if 0 <= index < len(self.entries):
+            return self.entries[index]
+        return None
+
+    def start_offset(self, since: str | datetime | None) -> int:
+        if since is None or since == "$":
+            return self.next_offset
+        if isinstance(since, datetime):
+            if since.tzinfo is None:
+                since = since.replace(tzinfo=timezone.utc)
+            for entry in self.entries:
+                if entry.time >= since:
+                    return entry.offset
+            return self.next_offset
+        text = str(since)
+        if text in ("0", "0-0", "beginning"):
+            return self.first_offset
+        try:
+            return max(int(text.split("-")[0]) + 1, self.first_offset)
+        except ValueError:
+            raise ValueError(f"since={since!r} is not a memory stream position: use None, "
+                             "'0' (the beginning), a datetime, or an entry id") from None
+
+
+class MemoryBroker:
+    """Queues, results, streams and schemas of one named in-process bus."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lock = threading.RLock()
+        self.rpc_queues: dict[str, deque[tuple[bytes, float]]] = {}
+        self.rpc_waiters = _Waiters()
+        self.results: dict[str, tuple[bytes, float]] = {}
+        self.result_waiters: dict[str, _Waiters] = {}
+        self.streams: dict[str, Stream] = {}
+        self.dead_letters: list[DeadLetter] = []
+        self.schemas: dict[str, tuple[bytes, float | None]] = {}
+        self._consumer_ids = itertools.count(1)
+
+    # -- RPC ----------------------------------------------------------------------------
+
+    def push_call(self, api_name: str, data: bytes, expires_at: float) -> None:
+        with self.lock:
+            self.rpc_queues.setdefault(api_name, deque()).append((data, expires_at))
+            self.rpc_waiters.wake_all()
+
+    def pop_calls(self, api_names: Iterable[str], limit: int) -> tuple[list[bytes], int]:
+        """Up to `limit` live calls from the queues of `api_names`, and how many expired
+        calls were dropped on the way."""
+        taken: list[bytes] = []
+        dropped = 0
+        clock = time.monotonic()
+        with self.lock:
+            for api_name in api_names:
+                queue = self.rpc_queues.get(api_name)
+                while queue and len(taken) < limit:
+                    data, expires_at = queue.popleft()
+                    if expires_at < clock:
+                        dropped += 1
+                    else:
+                        taken.append(data)
+        return taken, dropped
+
+    def queued_calls(self, api_name: str) -> int:
+        with self.lock:
+            return len(self.rpc_queues.get(api_name, ()))
+
+    # -- results ------------------------------------------------------------------------
+
+    def put_result(self, key: str, data: bytes, ttl: float) -> None:
+        with self.lock:
+            self._expire_results()
+            self.results[key] = (data, time.monotonic() + ttl)
+            waiters = self.result_waiters.pop(key, None)
+        if waiters:
+            waiters.wake_all()
+
+    def take_result(self, key: str) -> bytes | None:
+        with self.lock:
+            found = self.results.pop(key, None)
+            return found[0] if found else None
+
+    def result_waiter(self, key: str) -> asyncio.Future[None]:
+        with self.lock:
+            return self.result_waiters.setdefault(key, _Waiters()).add()
+
+    def forget_result_waiter(self, key: str, future: asyncio.Future[None]) -> None:
+        with self.lock:
+            waiters = self.result_waiters.get(key)
+            if waiters is not None:
+                waiters.discard(future)
+                if not waiters._futures:
+                    del self.result_waiters[key]
+
+    def _expire_results(self) -> None:
+        clock = time.monotonic()
+        for key in [k for k, (_, expires) in self.results.items() if expires < clock]:
+            del self.results[key]
+
+    # -- streams ------------------------------------------------------------------------
+
+    def stream(self, name: str, max_length: int | None = None) -> Stream:
+        with self.lock:
+            stream = self.streams.get(name)
+            if stream is None:
+                stream = self.streams[name] = Stream(name, max_length)
+            return stream
+
+    def new_consumer_id(self, process_name: str) -> str:
+        return f"{process_name}#{next(self._consumer_ids)}"
+
+    def join_group(self, stream: Stream, group_name: str, consumer: str,
+                   since: str | datetime | None) -> ConsumerGroup:
+        with self.lock:
+            group = stream.groups.get(group_name)
+            if group is None:  # `since` applies only to a new group, as on Redis
+                group = stream.groups[group_name] = ConsumerGroup(
+                    group_name, stream.start_offset(since))
+            group.consumers.add(consumer)
+            return group
+
+    def leave_group(self, stream: Stream, group: ConsumerGroup, consumer: str) -> None:
+        """A consumer went away: whatever it held unacknowledged goes back to the group."""
+        with self.lock:
+            group.consumers.discard(consumer)
+            for pending in group.pending.values():
+                if pending.consumer == consumer:
+                    pending.consumer = None
+                    pending.available_at = 0.0
+            stream.waiters.wake_all()
+
+    def claim(self, stream: Stream, group: ConsumerGroup, consumer: str, limit: int
+              ) -> tuple[list[tuple[StreamEntry | None, int, int]], float | None]:
+        """Deliver up to `limit` entries to `consumer`: released or due redeliveries first,
+        then new entries. Returns [(entry or None if trimmed, offset, delivery count)] and,
+        when nothing is deliverable yet, how long until a redelivery falls due."""
+        clock = time.monotonic()
+        taken: list[tuple[StreamEntry | None, int, int]] = []
+        next_due: float | None = None
+        with self.lock:
+            for pending in sorted(group.pending.values(), key=lambda p: p.offset):
+                if len(taken) >= limit:
+                    break
+                if pending.consumer is not None:
+                    continue
+                if pending.available_at > clock:
+                    wait = pending.available_at - clock
+                    next_due = wait if next_due is None else min(next_due, wait)
+                    continue
+                pending.consumer = consumer
+                pending.delivery_count += 1
+                taken.append((stream.get(pending.offset), pending.offset,
+                              pending.delivery_count))
+            while len(taken) < limit and group.next_offset < stream.next_offset:
+                offset = group.next_offset
+                group.next_offset += 1
+                group.pending[offset] = PendingEntry(offset, consumer, 1, 0.0)
+                taken.append((stream.get(offset), offset, 1))
+        return taken, (None if taken else next_due)
+
+    def acknowledge(self, group: ConsumerGroup, offsets: Iterable[int]) -> None:
+        with self.lock:
+            for offset in offsets:
+                group.pending.pop(offset, None)
+
+    def release(self, stream: Stream, group: ConsumerGroup, offset: int, delay: float) -> None:
+        with self.lock:
+            pending = group.pending.get(offset)
+            if pending is not None:
+                pending.consumer = None
+                pending.available_at = time.monotonic() + delay
+            stream.waiters.wake_all()
+
+    def dead_letter(self, stream: Stream, group: ConsumerGroup, offset: int, data: bytes,
+                    reason: str) -> None:
+        with self.lock:
+            self.dead_letters.append(DeadLetter(stream.name, group.name, str(offset), data,
+                                                reason, datetime.now(timezone.utc)))
+            group.pending.pop(offset, None)
+
+    # -- schemas ------------------------------------------------------------------------
+
+    def store_schema(self, api_name: str, data: bytes, ttl: float | None) -> None:
+        with self.lock:
+            self.schemas[api_name] = (data, time.monotonic() + ttl if ttl else None)
+
+    def load_schemas(self) -> dict[str, bytes]:
+        clock = time.monotonic()
+        with self.lock:
+            return {name: data for name, (data, expires) in self.schemas.items()
+                    if expires is None or expires >= clock}
+
+
+_brokers: dict[str, MemoryBroker] = {}
+_brokers_lock = threading.Lock()
+
+
+def get_broker(name: str = "default") -> MemoryBroker:
+    """The process-wide broker called `name`, made on first use."""
+    with _brokers_lock:
+        broker = _brokers.get(name)
+        if broker is None:
+            broker = _brokers[name] = MemoryBroker(name)
+        return broker
+
+
+def reset_brokers() -> None:
+    """Forget every broker (tests start from an empty bus with this)."""
+    with _brokers_lock:
+        _brokers.clear()
+
+
+def time_of(entry: StreamEntry | None) -> datetime | None:
+    return entry.time if entry is not None else None
+
