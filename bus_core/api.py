@@ -135,7 +135,11 @@ def _rpc_definition(name: str, method: Callable[..., Any]) -> RpcDefinition:
     signature = inspect.signature(method)
     try:
         hints = typing.get_type_hints(method, include_extras=True)
-    except Exception:  # unresolvable forward references: treat as unannotated
+    except Exception as exc:  # unresolvable forward references: treat as unannotated
+        warnings.warn(
+            f"Bus: cannot resolve the annotations of RPC {name}() ({exc}); its arguments "
+            "will not be cast or checked by type", UserWarning, stacklevel=4,
+        )
         hints = {}
     params = []
     accepts_extra = False

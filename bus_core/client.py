@@ -661,8 +661,9 @@ def remote_error(message: RpcMessage, result: ResultMessage) -> RemoteError:
     remote_type, sep, remote_message = last.partition(": ")
     if not sep or " " in remote_type.strip():
         remote_type, remote_message = _parse_repr(str(result.result))
-    return RemoteError(message.api_name, message.procedure_name, remote_type.strip(),
-                       remote_message, trace)
+    remote_type = remote_type.strip().rsplit(".", 1)[-1]  # "pkg.errors.Denied" -> "Denied"
+    return RemoteError(message.api_name, message.procedure_name, remote_type, remote_message,
+                       trace)
 
 
 def _parse_repr(text: str) -> tuple[str, str]:

@@ -260,6 +260,12 @@ class PluginManager:
                 enabled.add(name)
             elif flag is False:
                 enabled.discard(name)
+        # Config sources and subcommands are used before (or without) any config.
+        enabled.update(owner for _, owner in self.config_sources.values())
+        enabled.update(entry.plugin_name for entry in self.commands.values())
+        for name, section in plugin_sections.items():
+            if isinstance(section, Mapping) and section.get("enabled") is False:
+                enabled.discard(name)
         self.enabled = enabled
         for name, info in self.infos.items():
             info.enabled = name in enabled

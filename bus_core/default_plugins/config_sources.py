@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,8 +18,19 @@ HTTP_TIMEOUT = 10.0
 def read_url(location: str) -> str:
     """Fetch a config document over HTTP(S); errors name the URL without its password."""
     shown = _without_password(location)
+    parts = urllib.parse.urlsplit(location)
+    request = urllib.request.Request(location)
+    if parts.username is not None:  # user:password@host -> HTTP basic auth
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        netloc += f":{parts.port}" if parts.port else ""
+        request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=netloc)))
+        credentials = f"{urllib.parse.unquote(parts.username)}:" \
+                      f"{urllib.parse.unquote(parts.password or '')}"
+        token = base64.b64encode(credentials.encode()).decode("ascii")
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(location, timeout=HTTP_TIMEOUT) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:  # noqa: S310
             body: bytes = response.read()
     except urllib.error.HTTPError as exc:
         raise ConfigError(f"cannot read config from {shown}: HTTP {exc.code} {exc.reason}") \

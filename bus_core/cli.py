@@ -1,0 +1,295 @@
+"""The `bus` command: run a worker, list plugins, check config, and plugin subcommands.
+
+Every subcommand takes the same common options in the same place, after its name:
+`-c/--config FILE` (or $BUS_CONFIG), `-b/--bus MODULE` (or $BUS_MODULE), `-l/--log-level`.
+Exit codes: 0 success, 1 failure, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import json
+import logging
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bus_core.client import Bus
+from bus_core.config import config_schema, load_config
+from bus_core.errors import BusError
+from bus_core.plugins import PluginInfo, PluginManager
+
+_SKIP_DIRS = {".git", ".hg", ".venv", "venv", "env", "node_modules", "__pycache__",
+              "site-packages", "build", "dist", ".tox", ".nox", ".mypy_cache", ".pytest_cache"}
+_SEARCH_DEPTH = 4
+FEATURES = ("rpcs", "events", "tasks")
+
+
+class CommandFailed(BusError):
+    """A subcommand could not do its job; the message says why (exit code 1)."""
+
+
+# -- finding the bus module ------------------------------------------------------------------
+
+
+def find_bus_module(root: Path) -> str | None:
+    """The module name of the first `bus.py` found breadth-first under `root`."""
+    queue: collections.deque[tuple[Path, int]] = collections.deque([(root, 0)])
+    while queue:
+        folder, depth = queue.popleft()
+        candidate = folder / "bus.py"
+        if candidate.is_file():
+            relative = candidate.relative_to(root).with_suffix("")
+            return ".".join(relative.parts)
+        if depth >= _SEARCH_DEPTH:
+            continue
+        try:
+            children = sorted(p for p in folder.iterdir() if p.is_dir())
+        except OSError:
+            continue
+        for child in children:
+            if child.name not in _SKIP_DIRS and not child.name.startswith("."):
+                queue.append((child, depth + 1))
+    return None
+
+
+def load_bus(module_name: str | None) -> Bus:
+    """Import the bus module (`--bus`, then $BUS_MODULE, then the first bus.py found) and
+    return the Bus it creates."""
+    module_name = module_name or os.environ.get("BUS_MODULE") or None
+    if module_name is None:
+        module_name = find_bus_module(Path.cwd())
+        if module_name is None:
+            raise CommandFailed(
+                "no bus module found: pass --bus some.module, set BUS_MODULE, or create a "
+                "bus.py (with `bus = bus_core.create()`) in or under the current folder"
+            )
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise CommandFailed(f"cannot import bus module {module_name!r}: {exc}") from None
+        raise
+    bus = getattr(module, "bus", None)
+    if not isinstance(bus, Bus):
+        bus = next((v for v in vars(module).values() if isinstance(v, Bus)), None)
+    if bus is None:
+        raise CommandFailed(
+            f"module {module_name!r} creates no bus: add `bus = bus_core.create()` to it"
+        )
+    return bus
+
+
+# -- subcommands -----------------------------------------------------------------------------
+
+
+def _split_features(values: list[str] | None) -> set[str]:
+    chosen: set[str] = set()
+    for value in values or []:
+        for item in value.split(","):
+            item = item.strip()
+            if item not in FEATURES:
+                raise CommandFailed(f"unknown feature {item!r}: choose from {', '.join(FEATURES)}")
+            chosen.add(item)
+    return chosen
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    only, skip = _split_features(args.only), _split_features(args.skip)
+    features = (only or set(FEATURES)) - skip
+    if not features:
+        raise CommandFailed("--only/--skip leave nothing to run")
+    bus = load_bus(args.bus)
+    _configure_logging(args.log_level or bus.client.config.bus.get("log_level") or "INFO")
+    return bus.client.run_worker(rpcs="rpcs" in features, events="events" in features,
+                                 tasks="tasks" in features)
+
+
+def _manager_for(args: argparse.Namespace) -> tuple[PluginManager, str | None]:
+    """The plugin manager to report on: the bus module's if one is named, else a fresh one
+    with the config applied (the config decides what is enabled)."""
+    if args.bus or os.environ.get("BUS_MODULE"):
+        client = load_bus(args.bus).client
+        return client.plugins, None
+    manager = PluginManager()
+    config = load_config(None, manager)
+    manager.apply_config(config.plugins, config.selected_transports(), config.bus["serializer"])
+    return manager, os.environ.get("BUS_CONFIG")
+
+
+def _plugin_row(info: PluginInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "distribution": info.distribution,
+        "version": info.version,
+        "enabled": info.enabled,
+        "status": info.status,
+        "builtin": info.builtin,
+        "source": info.source,
+        "module": info.module,
+        "hooks": info.hooks,
+        "error": info.error,
+    }
+
+
+def cmd_plugins_list(args: argparse.Namespace) -> int:
+    manager, _ = _manager_for(args)
+    infos = [i for i in manager.infos.values() if args.all or not i.builtin]
+    rows = [_plugin_row(i) for i in sorted(infos, key=lambda i: i.name)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no plugins installed (pip install bus-memory, bus-redis, ...); "
+              "--all shows the built-in ones")
+        return 0
+    table = [("NAME", "DISTRIBUTION", "VERSION", "ENABLED", "HOOKS")]
+    for row in rows:
+        enabled = "yes" if row["enabled"] else ("no" if row["status"] == "loaded"
+                                                else row["status"])
+        hooks = ", ".join(h.removeprefix("bus_") for h in row["hooks"]) or "-"
+        table.append((row["name"], row["distribution"] or "-", row["version"] or "-", enabled,
+                      hooks))
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+              + "  " + row[4])
+    for row in rows:
+        if row["error"]:
+            print(f"\n{row['name']}: {row['status']}: {row['error']}", file=sys.stderr)
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    manager = PluginManager()
+    print(json.dumps(config_schema(manager), indent=2))
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    location = args.file or args.config or os.environ.get("BUS_CONFIG")
+    if not location:
+        raise CommandFailed("name the config to check: bus config check FILE")
+    manager = PluginManager()
+    config = load_config(location, manager)
+    manager.apply_config(config.plugins, config.selected_transports(), config.bus["serializer"])
+    print(f"{location}: valid (service {config.service_name!r}, "
+          f"{len(config._api_overrides)} API section(s), "
+          f"plugins enabled: {', '.join(sorted(manager.enabled)) or 'none'})")
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    from bus_core import __version__
+
+    print(f"bus {__version__} (Python {platform.python_version()})")
+    return 0
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("common options")
+    group.add_argument("-c", "--config", metavar="FILE",
+                       help="config file or URL (default: $BUS_CONFIG)")
+    group.add_argument("-b", "--bus", metavar="MODULE",
+                       help="the module that creates the bus (default: $BUS_MODULE, then the "
+                            "first bus.py under the current folder)")
+    group.add_argument("-l", "--log-level", metavar="LEVEL", type=str.upper,
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="DEBUG, INFO, WARNING or ERROR")
+    return common
+
+
+def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="bus", description="Bus: RPCs and events between Python services.",
+        epilog="Run `bus COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("-V", "--version", action="store_true", help="print the version")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", parents=[common], help="run a worker: serve RPCs, "
+                              "run listeners and scheduled tasks until SIGINT/SIGTERM")
+    run.add_argument("-o", "--only", action="append", metavar="FEATURES",
+                     help="run only these, comma-separated: rpcs, events, tasks")
+    run.add_argument("-s", "--skip", action="append", metavar="FEATURES",
+                     help="do not run these, comma-separated: rpcs, events, tasks")
+    run.set_defaults(handler=cmd_run)
+
+    plugins = commands.add_parser("plugins", parents=[common], help="installed plugins")
+    plugin_commands = plugins.add_subparsers(dest="plugins_command", metavar="ACTION",
+                                             required=True)
+    listing = plugin_commands.add_parser("list", parents=[common],
+                                         help="list installed plugins")
+    listing.add_argument("-a", "--all", action="store_true",
+                         help="include the kernel's built-in plugins")
+    listing.add_argument("-j", "--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=cmd_plugins_list)
+
+    config = commands.add_parser("config", parents=[common], help="the config file")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION",
+                                            required=True)
+    schema = config_commands.add_parser("schema", parents=[common],
+                                        help="print the config's JSON Schema")
+    schema.set_defaults(handler=cmd_config_schema)
+    check = config_commands.add_parser("check", parents=[common], help="validate a config")
+    check.add_argument("file", nargs="?", metavar="FILE", help="the config to check")
+    check.set_defaults(handler=cmd_config_check)
+
+    version = commands.add_parser("version", parents=[common], help="print the version")
+    version.set_defaults(handler=cmd_version)
+
+    for entry in (manager.commands.values() if manager else ()):
+        sub = commands.add_parser(entry.name, parents=[common],
+                                  help=f"{entry.help} [plugin {entry.plugin_name}]")
+        entry.setup(sub)
+        sub.set_defaults(handler=entry.run)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        manager = PluginManager()  # to learn the plugins' subcommands
+    except BusError as exc:
+        print(f"bus: error: {exc}", file=sys.stderr)
+        return 1
+    parser = build_parser(manager)
+    args = parser.parse_args(argv)
+    if args.version:
+        return cmd_version(args)
+    if not args.command:
+        parser.print_help()
+        return 2
+    if getattr(args, "config", None):
+        os.environ["BUS_CONFIG"] = args.config
+    if getattr(args, "log_level", None) and args.command != "run":
+        _configure_logging(args.log_level)
+    try:
+        code = args.handler(args)
+    except BusError as exc:
+        print(f"bus: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

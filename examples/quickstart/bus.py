@@ -1,0 +1,23 @@
+"""The quickstart service's bus module: what `bus run` imports.
+
+With no config, the bus uses the in-memory transports, so everything runs in one process.
+Point BUS_CONFIG at a YAML file to choose other transports.
+"""
+
+from __future__ import annotations
+
+from auth_api import AuthApi
+
+import bus_core
+from bus_core import EventMessage
+
+bus = bus_core.create(service_name="quickstart")
+bus.client.register_api(AuthApi())
+
+
+def send_welcome_email(event: EventMessage, username: str, email: str, is_admin: bool) -> None:
+    print(f"[listener] {event.api_name}.{event.event_name} (id {event.id[:8]}...): "
+          f"welcome {username} <{email}>{' (admin)' if is_admin else ''}", flush=True)
+
+
+bus.auth.user_registered.listen(send_welcome_email, listener_name="send_welcome_email")

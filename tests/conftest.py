@@ -1,0 +1,93 @@
+"""Shared fixtures: a fresh in-memory bus per test, and `async def` tests without plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bus_core
+from bus_core import Bus
+
+ROOT = Path(__file__).resolve().parent.parent
+ASYNC_TEST_TIMEOUT = 30.0
+_broker_ids = itertools.count(1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run `async def test_...` on a fresh event loop, with a timeout so a hang fails."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    kwargs = {name: pyfuncitem.funcargs[name] for name in names}
+
+    async def run() -> None:
+        await asyncio.wait_for(pyfuncitem.obj(**kwargs), ASYNC_TEST_TIMEOUT)
+
+    asyncio.run(run())
+    return True
+
+
+def memory_config(broker: str, **api_default: Any) -> dict[str, Any]:
+    """A config document that puts every transport on the memory broker `broker`."""
+    transport = {"memory": {"broker": broker}}
+    return {
+        "bus": {"schema": {"transport": transport}, "drain_timeout": 5},
+        "apis": {"default": {
+            "rpc_transport": transport,
+            "result_transport": transport,
+            "event_transport": transport,
+            "rpc_timeout": 2,
+            "redelivery_delay": 0,
+            **api_default,
+        }},
+    }
+
+
+@pytest.fixture
+def broker_name() -> str:
+    """A memory broker name no other test uses."""
+    return f"test-{os.getpid()}-{next(_broker_ids)}"
+
+
+@pytest.fixture
+def make_bus(broker_name: str) -> Iterator[Callable[..., Bus]]:
+    """make_bus(**apis_default_options, plugins=[...], config=...) -> Bus on this test's
+    broker; every bus made is closed after the test."""
+    made: list[Bus] = []
+
+    def make(*, plugins: Any = (), config: dict[str, Any] | None = None,
+             service_name: str = "svc", process_name: str | None = None,
+             **api_default: Any) -> Bus:
+        document = config if config is not None else memory_config(broker_name, **api_default)
+        bus = bus_core.create(document, plugins=plugins, service_name=service_name,
+                              process_name=process_name)
+        made.append(bus)
+        return bus
+
+    yield make
+    for bus in made:
+        bus.client.close()
+
+
+def run_python(*args: str, **kwargs: Any) -> Any:
+    """Run this venv's python with `args`; return the CompletedProcess."""
+    import subprocess
+
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    kwargs.setdefault("timeout", 60)
+    return subprocess.run([sys.executable, *args], **kwargs)
+
+
+def bus_command() -> list[str]:
+    """How to invoke the `bus` console script of this environment."""
+    return [sys.executable, "-m", "bus_core.cli"]

@@ -1,0 +1,122 @@
+"""Declaring APIs: RPCs from methods, events from Event attributes."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import pytest
+
+from bus_core import Api, Event, InvalidApi, Parameter
+from tests.apis import AuthApi, OrderPlaced, TypesApi
+
+
+def test_methods_become_rpcs_and_events_are_collected():
+    definition = AuthApi.definition
+    assert definition.name == "auth" and definition.version == 1
+    assert set(definition.rpcs) == {"check_password", "slow_echo", "fail", "accepts_anything"}
+    assert set(definition.events) == {"user_registered", "user_deleted"}
+    check = definition.rpcs["check_password"]
+    assert [(p.name, p.type, p.required) for p in check.parameters] == [
+        ("username", str, True), ("password", str, True)]
+    assert check.return_type is bool
+    assert definition.rpcs["accepts_anything"].accepts_extra
+    assert definition.rpcs["slow_echo"].parameter("delay").default == 0.0
+
+
+def test_three_ways_to_declare_event_parameters():
+    assert [p.name for p in AuthApi.definition.events["user_registered"].parameters] == [
+        "username", "email"]
+    deleted = AuthApi.definition.events["user_deleted"].parameters
+    assert deleted[1] == Parameter("hard", bool, default=False)
+    typed = TypesApi.definition.events["order_placed"]
+    assert typed.record is OrderPlaced
+    assert [(p.name, p.required) for p in typed.parameters] == [
+        ("order_id", True), ("total", True), ("note", False)]
+
+
+def test_named_tuple_events():
+    class Moved(NamedTuple):
+        x: int
+        y: int = 0
+
+    event = Event(Moved)
+    assert [(p.name, p.type, p.required) for p in event.parameters] == [
+        ("x", int, True), ("y", int, False)]
+
+
+def test_dotted_names_and_versions():
+    class BillingApi(Api):
+        class Meta:
+            name = "my_company.billing"
+            version = 3
+
+    assert BillingApi.definition.name == "my_company.billing"
+    assert BillingApi.definition.version == 3
+
+
+@pytest.mark.parametrize("name", ["", "default", "1abc", "has space", "a..b", ".a"])
+def test_bad_api_names_are_refused(name: str):
+    with pytest.raises(InvalidApi):
+        class Bad(Api):
+            class Meta:
+                pass
+
+            Meta.name = name  # type: ignore[attr-defined]
+
+            def rpc(self) -> None: ...
+
+
+def test_missing_meta_name_says_how_to_fix_it():
+    with pytest.raises(InvalidApi, match='class Meta: name = "..."'):
+        class NoName(Api):
+            def rpc(self) -> None: ...
+
+
+def test_an_abstract_base_without_members_needs_no_name():
+    class Base(Api):
+        pass
+
+    class Concrete(Base):
+        class Meta:
+            name = "concrete"
+
+        def ping(self) -> str:
+            return "pong"
+
+    assert set(Concrete.definition.rpcs) == {"ping"}
+
+
+def test_rpcs_cannot_take_star_args():
+    with pytest.raises(InvalidApi, match="keyword-only"):
+        class Star(Api):
+            class Meta:
+                name = "star"
+
+            def many(self, *values: Any) -> None: ...
+
+
+def test_event_declaration_mistakes_are_explained():
+    with pytest.raises(InvalidApi, match=r"Event\(parameters=\('username',\)\)"):
+        Event(parameters="username")  # type: ignore[arg-type]
+    with pytest.raises(InvalidApi, match="twice"):
+        Event(parameters=("a", "a"))
+    with pytest.raises(InvalidApi, match="dataclass or NamedTuple"):
+        Event(parameters=int)
+
+
+def test_private_methods_are_not_rpcs():
+    @dataclasses.dataclass
+    class Helper:
+        value: int
+
+    class WithHelpers(Api):
+        class Meta:
+            name = "helpers"
+
+        def _internal(self) -> None: ...
+
+        def public(self) -> int:
+            return Helper(1).value
+
+    assert set(WithHelpers.definition.rpcs) == {"public"}
