@@ -178,7 +178,7 @@ class Api:
         meta = cls.__dict__.get("Meta")
         name = getattr(meta, "name", "") if meta is not None else ""
         if not name:
-            if getattr(meta, "abstract", False) or meta is None and _is_abstract(cls):
+            if getattr(meta, "abstract", False) or (meta is None and _is_abstract(cls)):
                 return
             raise InvalidApi(
                 f"{cls.__name__} needs a name: add `class Meta: name = \"...\"` to the class"

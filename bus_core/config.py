@@ -115,7 +115,8 @@ def config_schema(plugins: PluginManager | None = None) -> dict[str, Any]:
     if plugins is not None:
         for name in plugins.infos:
             part = plugins.config_schemas.get(name)
-            section: dict[str, Any] = {"type": "object", "properties": {"enabled": {"type": "boolean"}}}
+            section: dict[str, Any] = {"type": "object",
+                                       "properties": {"enabled": {"type": "boolean"}}}
             if part:
                 section["properties"].update(part.get("properties", {}))
                 section["additionalProperties"] = part.get("additionalProperties", False)
@@ -204,10 +205,8 @@ def parse_document(text: str | bytes, origin: str) -> dict[str, Any]:
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     try:
-        if origin.lower().endswith(".json"):
-            document = json.loads(text)
-        else:
-            document = yaml.safe_load(text)
+        is_json = origin.lower().endswith(".json")
+        document = json.loads(text) if is_json else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise ConfigError(f"config {origin} is not valid YAML/JSON: {exc}") from None
     if document is None:

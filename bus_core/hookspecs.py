@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    import argparse
 
     from bus_core.client import BusClient
     from bus_core.messages import EventMessage, RpcMessage
@@ -37,7 +36,7 @@ SerializerRegistrar = Callable[..., None]
 ConfigSourceRegistrar = Callable[..., None]
 """`register(schemes, loader)`: loader(location) returns YAML/JSON text or a mapping."""
 CommandRegistrar = Callable[..., None]
-"""`register(name, help, setup, run)`: setup(parser) adds options, run(args) returns an exit code."""
+"""`register(name, help, setup, run)`: setup(parser) adds options; run(args) -> exit code."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -237,7 +236,9 @@ def bus_after_event_fire(
 
 
 @hookspec
-def bus_before_event_handling(client: BusClient, message: EventMessage, listener_name: str) -> None:
+def bus_before_event_handling(
+    client: BusClient, message: EventMessage, listener_name: str,
+) -> None:
     """Before a listener's handler runs for a received event. Raise to refuse the event:
     it is then treated as a handler failure.
 

@@ -9,13 +9,13 @@ handler's hint asks for. `wire_problem` tells at registration time whether a hin
 from __future__ import annotations
 
 import base64
+import collections.abc as _abc
 import dataclasses
 import datetime as dt
 import enum
 import types
 import typing
 import uuid
-import collections.abc as _abc
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any

@@ -30,7 +30,7 @@ def read_url(location: str) -> str:
         token = base64.b64encode(credentials.encode()).decode("ascii")
         request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
             body: bytes = response.read()
     except urllib.error.HTTPError as exc:
         raise ConfigError(f"cannot read config from {shown}: HTTP {exc.code} {exc.reason}") \

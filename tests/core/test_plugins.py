@@ -76,7 +76,7 @@ def test_discovered_plugin_runs_only_when_enabled(fake_site, broker_name):
             bus.client.start_worker()
         finally:
             bus.client.close()
-        assert bus_recorder2.CALLS == expected
+        assert expected == bus_recorder2.CALLS
 
 
 def test_plugin_section_is_validated_with_the_plugins_schema(fake_site):

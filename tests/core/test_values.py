@@ -80,8 +80,8 @@ CASES: list[tuple[Any, Any, Any]] = [
     ({"title": "Heat", "year": 1995}, {"title": "Heat", "year": 1995}, Movie),
     ({"k": Decimal("1.5")}, {"k": "1.5"}, dict[str, Decimal]),
     (Money(250), 250, Money),
-    (None, None, Optional[int]),
-    (5, 5, Optional[int]),
+    (None, None, Optional[int]),  # noqa: UP045  (users still write Optional)
+    (5, 5, Optional[int]),  # noqa: UP045
     ("on", "on", Literal["on", "off"]),
     ([dt.date(2020, 1, 2)], ["2020-01-02"], list[dt.date]),
     (3 + 4j, "(3+4j)", complex),
@@ -122,7 +122,7 @@ def test_unsendable_values_are_named():
     (7, Size, "one of [1, 3]"),
     ({"left": 1}, Pair, "expected Pair"),
     ("maybe", Literal["on", "off"], "one of"),
-    ("x", Optional[int], "expected int"),
+    ("x", Optional[int], "expected int"),  # noqa: UP045
     (1, str, "expected str"),
     (True, int, "expected int"),
     ([1], dict[str, int], "an object"),
