@@ -181,7 +181,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     config = load_config(location, manager)
     manager.apply_config(config.plugins, config.selected_transports(), config.bus["serializer"])
     print(f"{location}: valid (service {config.service_name!r}, "
-          f"{len(config._api_overrides)} API section(s), "
+          f"{len(config.api_names)} API section(s), "
           f"plugins enabled: {', '.join(sorted(manager.enabled)) or 'none'})")
     return 0
 

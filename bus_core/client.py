@@ -208,6 +208,7 @@ class BusClient:
         self._loop_thread: LoopThread | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._background_worker: Worker | None = None
+        self.running_workers: list[Worker] = []
         self.closed = False
 
     def __repr__(self) -> str:
@@ -267,7 +268,33 @@ class BusClient:
 
         `events` is an event path (`bus.auth.user_registered`), an "api.event" string, an
         (api, event) pair, or a list of those. Every listener name receives every event;
-        processes sharing a `listener_name` share the work."""
+        processes sharing a `listener_name` share the work. Added while a worker runs, the
+        listener starts in it at once."""
+        listener = self._add_listener(events, handler, listener_name, since, on_error,
+                                      max_concurrency, ordered)
+        self._join_running_workers(listener)
+        return listener
+
+    async def listen_async(self, events: Iterable[Any] | Any, handler: Callable[..., Any], *,
+                           listener_name: str, since: str | datetime | None = None,
+                           on_error: str | None = None, max_concurrency: int | None = None,
+                           ordered: bool | None = None) -> Listener:
+        """`listen()`, and when a worker is already running, wait until the new listener
+        consumes (so an event fired right after is seen)."""
+        listener = self._add_listener(events, handler, listener_name, since, on_error,
+                                      max_concurrency, ordered)
+        loop = asyncio.get_running_loop()
+        for worker in list(self.running_workers):
+            if worker.loop is loop:
+                await worker.add_listener(listener)
+            elif worker.loop is not None:
+                await asyncio.wrap_future(
+                    asyncio.run_coroutine_threadsafe(worker.add_listener(listener), worker.loop))
+        return listener
+
+    def _add_listener(self, events: Any, handler: Callable[..., Any], listener_name: str,
+                      since: str | datetime | None, on_error: str | None,
+                      max_concurrency: int | None, ordered: bool | None) -> Listener:
         if not isinstance(listener_name, str) or not listener_name.strip():
             raise InvalidArguments(
                 "listen() needs listener_name='...': a stable name for this listener, used to "
@@ -296,6 +323,18 @@ class BusClient:
         )
         self.listeners[listener_name] = listener
         return listener
+
+    def _join_running_workers(self, listener: Listener) -> None:
+        """A listener added while workers run starts in them at once (blocking until it
+        consumes, unless called on a worker's own loop, where it starts soon after)."""
+        for worker in list(self.running_workers):
+            if worker.loop is None:
+                continue
+            if _running_loop() is worker.loop:
+                worker.loop.create_task(worker.add_listener(listener))
+            else:
+                asyncio.run_coroutine_threadsafe(worker.add_listener(listener),
+                                                 worker.loop).result()
 
     def _event_pairs(self, events: Any) -> Iterable[tuple[str, str]]:
         if isinstance(events, (BusPath, str)) or (
@@ -604,6 +643,13 @@ class BusClient:
         self.close()
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def check_arguments(where: str, parameters: Sequence[Any], accepts_extra: bool,
                     kwargs: dict[str, Any]) -> None:
     names = [p.name for p in parameters]
@@ -702,7 +748,8 @@ class BusPath:
         prefix = ".".join(self._parts) + "."
         children = {n[len(prefix):].split(".")[0] for n in self._client.apis
                     if n.startswith(prefix)}
-        return sorted({*members, *children, "call_async", "fire", "fire_async", "listen"})
+        return sorted({*members, *children, "call_async", "fire", "fire_async", "listen",
+                       "listen_async"})
 
     @property
     def api_name(self) -> str:
@@ -758,6 +805,14 @@ class BusPath:
         return self._client.listen(self, handler, listener_name=listener_name, since=since,
                                    on_error=on_error, max_concurrency=max_concurrency,
                                    ordered=ordered)
+
+    async def listen_async(self, handler: Callable[..., Any], *, listener_name: str,
+                           since: str | datetime | None = None, on_error: str | None = None,
+                           max_concurrency: int | None = None, ordered: bool | None = None
+                           ) -> Listener:
+        return await self._client.listen_async(
+            self, handler, listener_name=listener_name, since=since, on_error=on_error,
+            max_concurrency=max_concurrency, ordered=ordered)
 
 
 class Bus:

@@ -355,6 +355,11 @@ class Config:
     def process_name(self) -> str:
         return str(self.bus["process_name"])
 
+    @property
+    def api_names(self) -> list[str]:
+        """The APIs with a section of their own (besides `default`)."""
+        return sorted(self._api_overrides)
+
     def api(self, name: str) -> ApiConfig:
         found = self._api_cache.get(name)
         if found is None:

@@ -104,6 +104,7 @@ class Worker:
         self._consumers: list[RpcConsumer | EventConsumer] = []
         self._ackers: list[_Acker] = []
         self._failed: asyncio.Future[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.started = False
 
     @property
@@ -120,7 +121,8 @@ class Worker:
         """Open every consumer, run the start functions, then begin consuming."""
         client = self.client
         state = await client.state()
-        self._failed = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()
+        self._failed = self.loop.create_future()
         for function, is_async in client.start_functions:
             await client.call_user_code(function, is_async)
         if self.serve_rpcs and client.apis:
@@ -142,10 +144,16 @@ class Worker:
                 self._spawn_loop(f"every:{task.name}",
                                  lambda loop, t=task: self._scheduled_loop(loop, t))
         self.started = True
+        client.running_workers.append(self)
         await client.hooks.worker_started(client, self)
         logger.info("worker %s/%s serving APIs [%s], listeners [%s]", client.service_name,
                     client.process_name, ", ".join(self.api_names),
                     ", ".join(self.listener_names))
+
+    async def add_listener(self, listener: Listener) -> None:
+        """Start a listener registered after this worker started (on the worker's loop)."""
+        if self.run_listeners and not self.stopping:
+            await self._start_listener(await self.client.state(), listener)
 
     async def _start_listener(self, state: Any, listener: Listener) -> None:
         by_transport: dict[int, tuple[Any, list[tuple[str, str]]]] = {}
@@ -175,12 +183,15 @@ class Worker:
             return
         self.stopping = True
         client = self.client
+        if self in client.running_workers:
+            client.running_workers.remove(self)
         for loop in self._loops:
             if loop.waiting and loop.task is not None:
                 loop.task.cancel()
         loop_tasks = [loop.task for loop in self._loops if loop.task is not None]
         drain_timeout = float(client.config.bus["drain_timeout"])
-        await asyncio.wait(loop_tasks, timeout=drain_timeout) if loop_tasks else None
+        if loop_tasks:  # loops busy dispatching finish their batch (RPCs) or drop it (events)
+            await asyncio.wait(loop_tasks, timeout=drain_timeout)
         if self._inflight:
             logger.info("draining %d in-flight message(s)", len(self._inflight))
             _, pending = await asyncio.wait(set(self._inflight), timeout=drain_timeout)
@@ -345,6 +356,9 @@ class Worker:
                 return
             for delivery in batch:
                 await semaphore.acquire()
+                if self.stopping:  # not started: left unacknowledged, so redelivered later
+                    semaphore.release()
+                    break
                 self._track(self._handle_event(listener, consumer, acker, delivery),
                             semaphore.release)
 

@@ -337,3 +337,33 @@ def test_odd_unicode_and_binary_round_trip(make_bus):
     server.client.start_worker()
     for value in ["", "ü∑ß ❤ 𝄞", "\u0000nul", "\ud800 lone", "a\nb\tc\"'\\", "‮rtl"]:
         assert server.auth.slow_echo(value=value) == value
+
+
+def test_a_listener_added_while_the_worker_runs_starts_at_once(make_bus):
+    bus = make_bus()
+    bus.client.register_api(AuthApi())
+    bus.client.start_worker()
+    got, done = _collect(bus, bus.auth.user_registered, "late_listener")
+    bus.auth.user_registered.fire(username="late", email="x")
+    assert done.wait(5)
+    assert got[0][1]["username"] == "late"
+
+
+async def test_listen_async_waits_until_the_listener_consumes(make_bus):
+    bus = make_bus()
+    bus.client.register_api(AuthApi())
+    stop = asyncio.Event()
+    serving = asyncio.create_task(bus.client.serve(stop=stop))
+    while not bus.client.running_workers:
+        await asyncio.sleep(0.001)
+    received: asyncio.Queue[str] = asyncio.Queue()
+
+    async def handler(event: EventMessage, username: str, email: str) -> None:
+        await received.put(username)
+
+    await bus.auth.user_registered.listen_async(handler, listener_name="async_late")
+    await bus.auth.user_registered.fire_async(username="now", email="x")
+    assert await asyncio.wait_for(received.get(), 5) == "now"
+    stop.set()
+    await serving
+    await bus.client.close_async()
