@@ -4,6 +4,7 @@ different event loops and threads use one broker; waiters are woken on their own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -11,7 +12,6 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-
 
 
 class _Waiters:
@@ -49,10 +49,8 @@ def _wake(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None
     if running is loop:
         set_result()
     else:
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(set_result)
-        except RuntimeError:  # the loop closed meanwhile
-            pass
 
 
 @dataclass
@@ -93,8 +91,12 @@ class DeadLetter:
 
 
 class Stream:
-    def __init__(self, name: str, max_length: int | None) -> None:
+    """One event's entries. `lock` is the broker's: appends come from any thread."""
+
+    def __init__(self, name: str, max_length: int | None,
+                 lock: threading.RLock | None = None) -> None:
         self.name = name
+        self.lock = lock if lock is not None else threading.RLock()
         self.entries: deque[StreamEntry] = deque()
         self.first_offset = 1
         self.next_offset = 1
@@ -103,14 +105,19 @@ class Stream:
         self.waiters = _Waiters()
 
     def append(self, data: bytes) -> StreamEntry:
-        entry = StreamEntry(self.next_offset, data, datetime.now(timezone.utc))
-        self.next_offset += 1
-        self.entries.append(entry)
-        if self.max_length and len(self.entries) > self.max_length:
-            self.entries.popleft()
-            self.first_offset = self.entries[0].offset
-        self.waiters.wake_all()
+        with self.lock:  # offsets must be unique, and a reader must never see a gap
+            entry = StreamEntry(self.next_offset, data, datetime.now(timezone.utc))
+            self.next_offset += 1
+            self.entries.append(entry)
+            if self.max_length and len(self.entries) > self.max_length:
+                self.entries.popleft()
+                self.first_offset = self.entries[0].offset
+            self.waiters.wake_all()
         return entry
+
+    def unread(self, group: ConsumerGroup) -> int:
+        """Entries still on the stream that `group` has not yet been given."""
+        return self.next_offset - max(group.next_offset, self.first_offset)
 
     def get(self, offset: int) -> StreamEntry | None:
         index = offset - self.first_offset
@@ -194,7 +201,9 @@ class MemoryBroker:
     def take_result(self, key: str) -> bytes | None:
         with self.lock:
             found = self.results.pop(key, None)
-            return found[0] if found else None
+            if found is None or found[1] < time.monotonic():
+                return None  # never sent, or expired
+            return found[0]
 
     def result_waiter(self, key: str) -> asyncio.Future[None]:
         with self.lock:
@@ -219,7 +228,7 @@ class MemoryBroker:
         with self.lock:
             stream = self.streams.get(name)
             if stream is None:
-                stream = self.streams[name] = Stream(name, max_length)
+                stream = self.streams[name] = Stream(name, max_length, self.lock)
             return stream
 
     def new_consumer_id(self, process_name: str) -> str:
@@ -267,6 +276,8 @@ class MemoryBroker:
                 pending.delivery_count += 1
                 taken.append((stream.get(pending.offset), pending.offset,
                               pending.delivery_count))
+            # Entries trimmed away before the group read them are gone, as on Redis.
+            group.next_offset = max(group.next_offset, stream.first_offset)
             while len(taken) < limit and group.next_offset < stream.next_offset:
                 offset = group.next_offset
                 group.next_offset += 1

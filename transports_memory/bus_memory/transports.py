@@ -212,7 +212,7 @@ class MemoryEventTransport(_MemoryTransport, EventTransport):
             group = stream.groups.get(self.group_name(listener_name))
             if group is None:
                 return 0
-            return len(group.pending) + (stream.next_offset - group.next_offset)
+            return len(group.pending) + stream.unread(group)
 
     def dead_letters(self, api_name: str | None = None, event_name: str | None = None
                      ) -> list[Any]:
