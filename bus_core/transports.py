@@ -59,8 +59,9 @@ class RpcConsumer(abc.ABC):
     """Receives calls for a set of APIs (one worker's share of the queues)."""
 
     @abc.abstractmethod
-    async def receive(self) -> Sequence[RpcMessage | MalformedRpc]:
-        """Wait for at least one call and return every call available now, up to a batch.
+    async def receive(self, limit: int) -> Sequence[RpcMessage | MalformedRpc]:
+        """Wait for at least one call and return the calls available now, at most `limit`
+        (what the worker has room to run: calls it takes are no longer open to others).
 
         Calls whose expiry has passed are dropped here, unseen (RPCs are at most once)."""
 
@@ -116,8 +117,8 @@ class EventConsumer(abc.ABC):
     """One listener's consumer: receives deliveries and settles each one exactly once."""
 
     @abc.abstractmethod
-    async def receive(self) -> Sequence[EventDelivery]:
-        """Wait for at least one delivery; return what is available now, up to a batch."""
+    async def receive(self, limit: int) -> Sequence[EventDelivery]:
+        """Wait for at least one delivery; return what is available now, at most `limit`."""
 
     @abc.abstractmethod
     async def acknowledge(self, deliveries: Sequence[EventDelivery]) -> None:

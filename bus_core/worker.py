@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from bus_core.client import cast_kwargs, check_arguments, error_result
-from bus_core.errors import MalformedMessage, UnknownApi, UnknownRpc, WireError
+from bus_core.errors import MalformedMessage, MessageTooLarge, UnknownApi, UnknownRpc, WireError
 from bus_core.messages import EventMessage, ResultMessage, RpcMessage
 from bus_core.plugins import now
 from bus_core.transports import EventConsumer, EventDelivery, MalformedRpc, RpcConsumer
@@ -53,6 +53,27 @@ class _Loop:
             return await awaitable
         finally:
             self.waiting = False
+
+
+class _Slots:
+    """Room for in-flight work: the loops receive only as much as they can start now."""
+
+    def __init__(self, limit: int) -> None:
+        self.free = limit
+        self._changed = asyncio.Event()
+
+    async def wait(self) -> int:
+        while self.free <= 0:
+            self._changed.clear()
+            await self._changed.wait()
+        return self.free
+
+    def take(self) -> None:
+        self.free -= 1
+
+    def release(self) -> None:
+        self.free += 1
+        self._changed.set()
 
 
 class _Acker:
@@ -105,6 +126,8 @@ class Worker:
         self._ackers: list[_Acker] = []
         self._failed: asyncio.Future[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._run_waits = False
+        self._stopper: asyncio.Task[None] | None = None
         self.started = False
 
     @property
@@ -223,6 +246,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Start, serve until `stop` is set or a listener fails with on_error=stop, stop."""
+        self._run_waits = True
         await self.start()
         assert self._failed is not None
         try:
@@ -239,8 +263,12 @@ class Worker:
         """Stop the worker because of `error` (a listener with on_error='stop')."""
         if self.failure is None:
             self.failure = error
+            logger.error("stopping the worker: a listener with on_error='stop' failed: %s: %s",
+                         type(error).__name__, error)
         if self._failed is not None and not self._failed.done():
             self._failed.set_result(None)
+        if not self._run_waits:  # started with start(), not run(): nobody waits on _failed
+            self._stopper = asyncio.get_running_loop().create_task(self.stop())
 
     def _track(self, coro: Awaitable[Any], release: Callable[[], None] | None = None) -> None:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
@@ -279,14 +307,15 @@ class Worker:
     # -- RPCs ------------------------------------------------------------------------------
 
     async def _rpc_loop(self, loop: _Loop, consumer: RpcConsumer, limit: int) -> None:
-        semaphore = asyncio.Semaphore(limit)
+        slots = _Slots(limit)
         while not self.stopping:
-            batch = await self._receive(loop, consumer.receive)
+            free = await loop.wait_for(slots.wait())
+            batch = await self._receive(loop, lambda n=free: consumer.receive(n))
             if batch is None:
                 return
-            for item in batch:
-                await semaphore.acquire()
-                self._track(self._serve_rpc(item), semaphore.release)
+            for item in batch:  # popped calls are ours alone: run them all, even when stopping
+                slots.take()
+                self._track(self._serve_rpc(item), slots.release)
 
     async def _serve_rpc(self, item: RpcMessage | MalformedRpc) -> None:
         client = self.client
@@ -326,19 +355,24 @@ class Worker:
         state = await self.client.state()
         transport = await state.transport("result", message.api_name)
         try:
-            await transport.send_result(message, reply, message.return_path)
-        except MalformedMessage as exc:  # includes a result too large to send
-            await transport.send_result(message, error_result(message, exc),
-                                        message.return_path)
+            try:
+                await transport.send_result(message, reply, message.return_path)
+            except (MalformedMessage, MessageTooLarge) as exc:
+                if reply.error:
+                    raise
+                # The result itself cannot travel: tell the caller why instead.
+                await transport.send_result(message, error_result(message, exc),
+                                            message.return_path)
         except Exception:
-            logger.exception("sending the result of %s.%s() failed", message.api_name,
-                             message.procedure_name, extra=_log_context(message))
+            logger.exception("sending the result of %s.%s() to %r failed", message.api_name,
+                             message.procedure_name, message.return_path,
+                             extra=_log_context(message))
 
     async def _answer_malformed(self, item: MalformedRpc) -> None:
-        logger.warning("dropped a malformed RPC call: %s", item.problem)
-        if item.return_path and item.id:
-            stub = RpcMessage(api_name="?", procedure_name="?", kwargs={}, id=item.id,
-                              return_path=item.return_path)
+        logger.warning("received a malformed RPC call: %s", item.problem)
+        if item.return_path:  # the caller can still be told, rather than left to time out
+            stub = RpcMessage(api_name="?", procedure_name="?", kwargs={},
+                              id=item.id or "unknown", return_path=item.return_path)
             error = MalformedMessage(item.problem)
             await self._send_result(stub, error_result(stub, error))
 
@@ -349,18 +383,16 @@ class Worker:
         first_api = self.client.config.api(listener.listen_for[0][0])
         ordered = first_api.ordered if listener.ordered is None else listener.ordered
         limit = 1 if ordered else (listener.max_concurrency or first_api.max_concurrent_events)
-        semaphore = asyncio.Semaphore(limit)
+        slots = _Slots(limit)
         while not self.stopping:
-            batch = await self._receive(loop, consumer.receive)
+            free = await loop.wait_for(slots.wait())
+            batch = await self._receive(loop, lambda n=free: consumer.receive(n))
             if batch is None:
                 return
             for delivery in batch:
-                await semaphore.acquire()
-                if self.stopping:  # not started: left unacknowledged, so redelivered later
-                    semaphore.release()
-                    break
+                slots.take()
                 self._track(self._handle_event(listener, consumer, acker, delivery),
-                            semaphore.release)
+                            slots.release)
 
     def _handler_kwargs(self, listener: Listener, message: EventMessage) -> dict[str, Any]:
         kwargs = message.kwargs

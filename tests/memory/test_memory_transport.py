@@ -28,6 +28,7 @@ from bus_core.transports import EventConsumer, EventDelivery, MalformedRpc
 API, EVENT = "auth", "user_registered"
 WAIT = 5.0  # generous upper bound for things that must happen; never reached when they do
 QUIET = 0.05  # how long we watch for something that must not happen
+BATCH = 100  # the most a test consumer takes at once
 
 
 def _context(service: str = "svc", process: str = "proc") -> dict[str, Any]:
@@ -59,7 +60,7 @@ async def fire_many(transport: MemoryEventTransport, count: int, start: int = 0)
 
 
 async def receive(consumer: EventConsumer) -> Sequence[EventDelivery]:
-    return await asyncio.wait_for(consumer.receive(), WAIT)
+    return await asyncio.wait_for(consumer.receive(BATCH), WAIT)
 
 
 async def receive_n(consumer: EventConsumer, count: int) -> list[EventDelivery]:
@@ -72,7 +73,7 @@ async def receive_n(consumer: EventConsumer, count: int) -> list[EventDelivery]:
 
 async def assert_nothing(consumer: EventConsumer) -> None:
     with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(consumer.receive(), QUIET)
+        await asyncio.wait_for(consumer.receive(BATCH), QUIET)
 
 
 def numbers(deliveries: Sequence[EventDelivery]) -> list[int]:
@@ -244,7 +245,7 @@ async def test_a_closed_consumer_cannot_receive(broker_name: str) -> None:
     await consumer.close()
     await consumer.close()  # idempotent
     with pytest.raises(Exception, match="closed"):
-        await consumer.receive()
+        await consumer.receive(BATCH)
 
 
 # -- since ----------------------------------------------------------------------------------
@@ -325,10 +326,10 @@ async def test_calls_are_received_by_the_consumer_of_their_api(broker_name: str)
     other = await transport.open_consumer(["other"])
     sent = call(username="a")
     await transport.call_rpc(sent, timeout=5)
-    (received,) = await asyncio.wait_for(auth.receive(), WAIT)
+    (received,) = await asyncio.wait_for(auth.receive(BATCH), WAIT)
     assert received == sent
     with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(other.receive(), QUIET)
+        await asyncio.wait_for(other.receive(BATCH), QUIET)
 
 
 async def test_each_call_is_taken_by_one_consumer(broker_name: str) -> None:
@@ -339,7 +340,7 @@ async def test_each_call_is_taken_by_one_consumer(broker_name: str) -> None:
         await transport.call_rpc(message, timeout=5)
     taken = []
     for consumer in (one, two, one, two):
-        taken.extend(await asyncio.wait_for(consumer.receive(), WAIT))
+        taken.extend(await asyncio.wait_for(consumer.receive(BATCH), WAIT))
     assert [m.id for m in taken] == [m.id for m in sent]
     assert transport.broker.queued_calls(API) == 0
 
@@ -347,7 +348,7 @@ async def test_each_call_is_taken_by_one_consumer(broker_name: str) -> None:
 async def test_a_waiting_rpc_consumer_is_woken_by_a_call(broker_name: str) -> None:
     transport = rpcs(broker_name)
     consumer = await transport.open_consumer([API])
-    waiting = asyncio.ensure_future(asyncio.wait_for(consumer.receive(), WAIT))
+    waiting = asyncio.ensure_future(asyncio.wait_for(consumer.receive(BATCH), WAIT))
     await asyncio.sleep(0)
     assert not waiting.done()
     await transport.call_rpc(call(), timeout=5)
@@ -361,7 +362,7 @@ async def test_an_expired_call_is_dropped_unseen(broker_name: str) -> None:
     await asyncio.sleep(0.03)  # let it expire: nothing to await but the clock
     await transport.call_rpc(live, timeout=5)
     consumer = await transport.open_consumer([API])
-    assert [m.id for m in await asyncio.wait_for(consumer.receive(), WAIT)] == [live.id]
+    assert [m.id for m in await asyncio.wait_for(consumer.receive(BATCH), WAIT)] == [live.id]
     assert transport.broker.queued_calls(API) == 0
 
 
@@ -434,7 +435,7 @@ async def test_an_expired_result_is_not_returned(broker_name: str) -> None:
 async def test_undecodable_call_bytes_become_a_malformed_rpc(broker_name: str) -> None:
     transport = rpcs(broker_name)
     transport.broker.push_call(API, b"\xff not json", time.monotonic() + 5)
-    (item,) = await asyncio.wait_for((await transport.open_consumer([API])).receive(), WAIT)
+    (item,) = await asyncio.wait_for((await transport.open_consumer([API])).receive(BATCH), WAIT)
     assert isinstance(item, MalformedRpc)
     assert item.return_path is None and item.id is None
     assert item.raw == b"\xff not json"
@@ -446,7 +447,7 @@ async def test_a_call_missing_metadata_keeps_its_return_path(broker_name: str) -
     blob = {"metadata": {"id": "abc", "api_name": API, "return_path": "memory://x"},
             "kwargs": {}}
     transport.broker.push_call(API, transport.serializer.dumps(blob), time.monotonic() + 5)
-    (item,) = await asyncio.wait_for((await transport.open_consumer([API])).receive(), WAIT)
+    (item,) = await asyncio.wait_for((await transport.open_consumer([API])).receive(BATCH), WAIT)
     assert isinstance(item, MalformedRpc)
     assert (item.return_path, item.id) == ("memory://x", "abc")
     assert "procedure_name" in item.problem
@@ -605,7 +606,7 @@ async def test_calls_from_many_threads_are_each_received_once(
         worker.start()
     got: list[Any] = []
     while len(got) < threads * per_thread:
-        got.extend(await asyncio.wait_for(consumer.receive(), WAIT))
+        got.extend(await asyncio.wait_for(consumer.receive(BATCH), WAIT))
     for worker in workers:
         worker.join()
     assert sorted(m.kwargs["n"] for m in got) == sorted(

@@ -64,11 +64,12 @@ class MemoryRpcConsumer(RpcConsumer):
         self.transport = transport
         self.api_names = api_names
 
-    async def receive(self) -> Sequence[RpcMessage | MalformedRpc]:
+    async def receive(self, limit: int) -> Sequence[RpcMessage | MalformedRpc]:
         broker = self.transport.broker
+        limit = max(1, min(limit, self.transport.batch_size))
         while True:
             with broker.lock:
-                raw, _dropped = broker.pop_calls(self.api_names, self.transport.batch_size)
+                raw, _dropped = broker.pop_calls(self.api_names, limit)
                 waiter = None if raw else broker.rpc_waiters.add()
             if raw:
                 return [self._decode(data) for data in raw]
@@ -238,9 +239,9 @@ class MemoryEventConsumer(EventConsumer):
         self._by_stream = {stream.name: (stream, group) for stream, group in subscriptions}
         self.closed = False
 
-    async def receive(self) -> Sequence[EventDelivery]:
+    async def receive(self, limit: int) -> Sequence[EventDelivery]:
         broker = self.transport.broker
-        limit = self.transport.batch_size
+        limit = max(1, min(limit, self.transport.batch_size))
         while True:
             if self.closed:
                 raise BusError("this consumer is closed")
