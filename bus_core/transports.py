@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from bus_core.messages import EventMessage, ResultMessage, RpcMessage
+from bus_core.errors import BusError, MalformedMessage
+from bus_core.messages import EventMessage, ResultMessage, RpcMessage, rpc_from_blob
 
 
 class Serializer(Protocol):
@@ -53,6 +54,24 @@ class MalformedRpc:
     raw: bytes | str
     return_path: str | None = None
     id: str | None = None
+
+
+def decode_call(serializer: Serializer, data: bytes | str) -> RpcMessage | MalformedRpc:
+    """A received call blob as a message, or as a MalformedRpc that keeps whatever return
+    path and id could be read (so the worker can still answer the caller)."""
+    try:
+        blob = serializer.loads(data)
+    except BusError as exc:
+        return MalformedRpc(problem=str(exc), raw=data)
+    try:
+        return rpc_from_blob(blob)
+    except MalformedMessage as exc:
+        metadata = blob.get("metadata") if isinstance(blob, dict) else None
+        metadata = metadata if isinstance(metadata, dict) else {}
+        path, message_id = metadata.get("return_path"), metadata.get("id")
+        return MalformedRpc(problem=str(exc), raw=data,
+                            return_path=path if isinstance(path, str) and path else None,
+                            id=message_id if isinstance(message_id, str) else None)
 
 
 class RpcConsumer(abc.ABC):

@@ -18,7 +18,6 @@ from bus_core.messages import (
     event_to_blob,
     result_from_blob,
     result_to_blob,
-    rpc_from_blob,
     rpc_to_blob,
 )
 from bus_core.transports import (
@@ -30,6 +29,7 @@ from bus_core.transports import (
     RpcConsumer,
     RpcTransport,
     SchemaTransport,
+    decode_call,
 )
 from bus_memory.broker import ConsumerGroup, MemoryBroker, Stream, get_broker
 
@@ -72,28 +72,13 @@ class MemoryRpcConsumer(RpcConsumer):
                 raw, _dropped = broker.pop_calls(self.api_names, limit)
                 waiter = None if raw else broker.rpc_waiters.add()
             if raw:
-                return [self._decode(data) for data in raw]
+                return [decode_call(self.transport.serializer, data) for data in raw]
             assert waiter is not None
             try:
                 await waiter
             finally:
                 with broker.lock:
                     broker.rpc_waiters.discard(waiter)
-
-    def _decode(self, data: bytes) -> RpcMessage | MalformedRpc:
-        try:
-            blob = self.transport.serializer.loads(data)
-        except BusError as exc:
-            return MalformedRpc(problem=str(exc), raw=data)
-        try:
-            return rpc_from_blob(blob)
-        except MalformedMessage as exc:
-            metadata = blob.get("metadata") if isinstance(blob, dict) else None
-            metadata = metadata if isinstance(metadata, dict) else {}
-            path, msg_id = metadata.get("return_path"), metadata.get("id")
-            return MalformedRpc(problem=str(exc), raw=data,
-                                return_path=path if isinstance(path, str) else None,
-                                id=msg_id if isinstance(msg_id, str) else None)
 
 
 class MemoryResultTransport(_MemoryTransport, ResultTransport):

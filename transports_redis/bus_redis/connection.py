@@ -1,0 +1,107 @@
+"""Connections: one lazily-connecting pool per (event loop, URL, pool size), shared by every
+Redis transport on that loop, with retries and backoff for a Redis that goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.parse
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from bus_core.errors import TransportError
+
+T = TypeVar("T")
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def redact(url: str) -> str:
+    """`url` with its password replaced by ***: what logs and errors may show."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+class SharedClient:
+    """A redis-py client and its pool, counted by the transports using it."""
+
+    def __init__(self, url: str, max_connections: int, socket_timeout: float | None) -> None:
+        self.url = url
+        self.pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=None,
+            socket_connect_timeout=5,
+            socket_timeout=socket_timeout,
+            socket_keepalive=True,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        self.client = redis.Redis(connection_pool=self.pool)
+        self.users = 0
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        await self.pool.disconnect()
+
+
+async def acquire(url: str, max_connections: int = 64,
+                  socket_timeout: float | None = None) -> SharedClient:
+    loop = asyncio.get_running_loop()
+    pools = _pools.setdefault(loop, {})
+    key = (url, max_connections, socket_timeout)
+    shared = pools.get(key)
+    if shared is None:
+        shared = pools[key] = SharedClient(url, max_connections, socket_timeout)
+    shared.users += 1
+    return shared
+
+
+async def release(shared: SharedClient) -> None:
+    shared.users -= 1
+    if shared.users > 0:
+        return
+    loop = asyncio.get_running_loop()
+    pools = _pools.get(loop, {})
+    for key, value in list(pools.items()):
+        if value is shared:
+            del pools[key]
+    await shared.close()
+
+
+async def redis_call(url: str, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Run `call`, turning redis-py's connection errors into a TransportError that says what
+    could not be done and where (password hidden)."""
+    try:
+        return await call()
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise TransportError(f"{what}: Redis at {redact(url)} is unreachable ({exc})") from None
+    except RedisError as exc:
+        raise TransportError(f"{what}: Redis at {redact(url)} refused: {exc}") from None
+
+
+@contextlib.asynccontextmanager
+async def dedicated(shared: SharedClient) -> AsyncIterator[redis.Redis]:
+    """A client bound to one connection of the pool, for blocking commands."""
+    client = redis.Redis(connection_pool=shared.pool, single_connection_client=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -1,0 +1,392 @@
+"""Event transport on Redis Streams, in the Lightbus 1.x field layout.
+
+An event is one XADD: bare metadata fields `id`, `api_name`, `event_name`, `version`, then one
+`:<parameter>` field per parameter holding its JSON. Streams are per API (`{api}.*:stream`,
+the default) or per event (`{api}.{event}:stream`); each listener is the consumer group
+`{service}-{listener}`, each process a consumer. Beyond Lightbus: acknowledgements are
+batched, entries left pending by a dead consumer are reclaimed with XAUTOCLAIM, a failed
+event is redelivered after a delay, and after the configured number of deliveries it is
+moved to the dead-letter stream `<stream>:dead` with the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from bus_core.errors import BusError
+from bus_core.messages import EventMessage
+from bus_core.transports import EventConsumer, EventDelivery, EventTransport
+from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport
+from bus_redis.connection import dedicated, redis_call
+
+logger = logging.getLogger("bus.redis.event")
+METADATA_FIELDS = ("id", "api_name", "event_name", "version")
+
+OPTIONS = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        **OPTIONS_SCHEMA,
+        "stream_use": {"enum": ["per_api", "per_event"]},
+        "max_stream_length": {"type": ["integer", "null"], "minimum": 1},
+        "batch_size": {"type": "integer", "minimum": 1},
+        "blocking_timeout": {"type": "number", "exclusiveMinimum": 0},
+        "claim_idle": {"type": "number", "exclusiveMinimum": 0,
+                       "description": "seconds an entry stays pending on a silent consumer "
+                                      "before another consumer reclaims it"},
+        "reclaim_interval": {"type": "number", "exclusiveMinimum": 0},
+        "dead_letter_suffix": {"type": "string", "minLength": 1},
+    },
+}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def stream_id_from_datetime(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return f"{int(moment.timestamp() * 1000)}-0"
+
+
+def datetime_from_stream_id(stream_id: str) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(int(stream_id.split("-")[0]) / 1000, tz=timezone.utc)
+    except ValueError:
+        return None
+
+
+class RedisEventTransport(RedisTransport, EventTransport):
+    def __init__(self, *, stream_use: str = "per_api", max_stream_length: int | None = 100_000,
+                 batch_size: int = 100, blocking_timeout: float = 5.0, claim_idle: float = 60.0,
+                 reclaim_interval: float | None = None, dead_letter_suffix: str = ":dead",
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stream_use = stream_use
+        self.max_stream_length = max_stream_length
+        self.batch_size = batch_size
+        self.blocking_timeout = blocking_timeout
+        self.claim_idle = claim_idle
+        self.reclaim_interval = reclaim_interval or claim_idle / 2
+        self.dead_letter_suffix = dead_letter_suffix
+        self._batcher: Batcher | None = None
+
+    def stream_name(self, api_name: str, event_name: str) -> str:
+        if self.stream_use == "per_event":
+            return f"{api_name}.{event_name}:stream"
+        return f"{api_name}.*:stream"
+
+    def group_name(self, listener_name: str) -> str:
+        return f"{self.service_name}-{listener_name}"
+
+    # -- encoding ------------------------------------------------------------------------
+
+    def encode(self, message: EventMessage) -> dict[str, bytes | str]:
+        fields: dict[str, bytes | str] = {
+            "id": message.id,
+            "api_name": message.api_name,
+            "event_name": message.event_name,
+            "version": str(message.version),
+        }
+        for name, value in message.kwargs.items():
+            fields[f":{name}"] = self.serializer.dumps(value)
+        return fields
+
+    def decode(self, stream: str, entry_id: str, fields: dict[bytes, bytes] | None,
+               delivery_count: int) -> EventDelivery | None:
+        """A delivery, or None for an entry to skip silently (noop or trimmed)."""
+        if not fields or set(fields) == {b""}:
+            return None
+        metadata: dict[str, str] = {}
+        kwargs: dict[str, Any] = {}
+        problem = None
+        for raw_name, raw_value in fields.items():
+            name = _text(raw_name)
+            if not name:
+                continue
+            if name.startswith(":"):
+                try:
+                    kwargs[name[1:]] = self.serializer.loads(raw_value)
+                except BusError as exc:
+                    problem = f"parameter {name[1:]!r}: {exc}"
+            else:
+                metadata[name] = _text(raw_value)  # unknown bare fields are ignored
+        missing = [key for key in METADATA_FIELDS if not metadata.get(key)]
+        if missing and problem is None:
+            problem = f"missing metadata field(s) {', '.join(missing)}"
+        version = 1
+        if problem is None:
+            try:
+                version = int(metadata["version"])
+            except ValueError:
+                problem = f"version {metadata['version']!r} is not an integer"
+        if problem is not None:
+            return EventDelivery(message=None, delivery_count=delivery_count, native_id=entry_id,
+                                 stream=stream, problem=problem, raw=fields)
+        message = EventMessage(api_name=metadata["api_name"], event_name=metadata["event_name"],
+                               kwargs=kwargs, id=metadata["id"], version=version,
+                               native_id=entry_id, time=datetime_from_stream_id(entry_id))
+        return EventDelivery(message=message, delivery_count=delivery_count, native_id=entry_id,
+                             stream=stream, raw=fields)
+
+    # -- publishing ----------------------------------------------------------------------
+
+    async def send_event(self, message: EventMessage) -> None:
+        fields = self.encode(message)
+        stream = self.stream_name(message.api_name, message.event_name)
+        if self._batcher is None:
+            self._batcher = Batcher(self)
+        batcher = self._batcher
+        maxlen = self.max_stream_length or None
+
+        def add(pipe: Any) -> int:
+            pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
+            return 1
+
+        (entry_id,) = await redis_call(self.url, f"cannot fire {message.canonical_name}",
+                                       lambda: batcher.submit(add))
+        message.native_id = _text(entry_id)
+        message.time = datetime_from_stream_id(message.native_id)
+
+    # -- consuming -----------------------------------------------------------------------
+
+    async def open_consumer(self, listen_for: Sequence[tuple[str, str]], listener_name: str,
+                            since: str | datetime | None = None) -> EventConsumer:
+        streams = list(dict.fromkeys(self.stream_name(a, e) for a, e in listen_for))
+        group = self.group_name(listener_name)
+        start = "$" if since is None else (
+            stream_id_from_datetime(since) if isinstance(since, datetime) else str(since))
+
+        async def create_groups() -> None:
+            for stream in streams:
+                try:
+                    await self.redis.xgroup_create(stream, group, id=start, mkstream=True)
+                except ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):  # an existing group keeps its position
+                        raise
+
+        await redis_call(self.url, f"cannot join listener {listener_name!r}", create_groups)
+        return RedisEventConsumer(self, streams, group)
+
+    async def history(self, api_name: str, event_name: str, start: datetime | None = None,
+                      stop: datetime | None = None) -> AsyncIterator[EventMessage]:
+        stream = self.stream_name(api_name, event_name)
+        high = stream_id_from_datetime(stop).replace("-0", "-18446744073709551615") if stop \
+            else "+"
+        low = stream_id_from_datetime(start) if start else "-"
+        while True:
+            entries = await self.redis.xrevrange(stream, max=high, min=low, count=self.batch_size)
+            if not entries:
+                return
+            for entry_id, fields in entries:
+                delivery = self.decode(stream, _text(entry_id), fields, 0)
+                if delivery is not None and delivery.message is not None \
+                        and delivery.message.event_name == event_name:
+                    yield delivery.message
+            last = _text(entries[-1][0])
+            milliseconds, sequence = (int(part) for part in last.split("-"))
+            if sequence > 0:
+                high = f"{milliseconds}-{sequence - 1}"
+            elif milliseconds > 0:
+                high = f"{milliseconds - 1}-18446744073709551615"
+            else:
+                return
+
+    async def lag(self, api_name: str, event_name: str, listener_name: str) -> int:
+        stream = self.stream_name(api_name, event_name)
+        group = self.group_name(listener_name)
+        try:
+            groups = await self.redis.xinfo_groups(stream)
+        except ResponseError:
+            return 0
+        for info in groups:
+            if _text(info["name"]) == group:
+                unread = info.get("lag")
+                if unread is None:  # Redis < 7: count what follows the group's position
+                    unread = len(await self.redis.xrange(
+                        stream, min=f"({_text(info['last-delivered-id'])}", max="+"))
+                return int(unread) + int(info["pending"])
+        return 0
+
+    def dead_letter_stream(self, stream: str) -> str:
+        return stream + self.dead_letter_suffix
+
+
+class RedisEventConsumer(EventConsumer):
+    """One listener's consumer on one or more streams."""
+
+    def __init__(self, transport: RedisEventTransport, streams: list[str], group: str) -> None:
+        self.transport = transport
+        self.streams = streams
+        self.group = group
+        self.consumer = transport.process_name
+        self._own_pending = True  # first, what this consumer held when it last stopped
+        self._retries: dict[tuple[str, str], tuple[float, int]] = {}  # -> (due at, count)
+        self._next_reclaim = 0.0
+        self._reclaim_cursor = dict.fromkeys(streams, "0-0")
+
+    async def receive(self, limit: int) -> Sequence[EventDelivery]:
+        limit = max(1, min(limit, self.transport.batch_size))
+        while True:
+            deliveries = await self._due_retries(limit)
+            if not deliveries and self._own_pending:
+                deliveries = await self._read(limit, "0", block=None)
+                if not deliveries:
+                    self._own_pending = False
+            if not deliveries and time.monotonic() >= self._next_reclaim:
+                deliveries = await self._reclaim(limit)
+            if not deliveries:
+                deliveries = await self._read(limit, ">", block=self._block_ms())
+            if deliveries:
+                return deliveries
+
+    def _block_ms(self) -> int:
+        now = time.monotonic()
+        until = min([self._next_reclaim, *(due for due, _ in self._retries.values())],
+                    default=now + self.transport.blocking_timeout)
+        seconds = min(max(until - now, 0.001), self.transport.blocking_timeout)
+        return max(1, int(seconds * 1000))
+
+    async def _read(self, limit: int, position: str, block: int | None) -> list[EventDelivery]:
+        transport = self.transport
+        streams = dict.fromkeys(self.streams, position)
+        if block is None:
+            reply = await transport.redis.xreadgroup(self.group, self.consumer, streams,
+                                                     count=limit)
+        else:
+            async with dedicated(transport.shared) as client:
+                reply = await client.xreadgroup(self.group, self.consumer, streams,
+                                                count=limit, block=block)
+        counts: dict[tuple[str, str], int] = {}
+        if position != ">" and reply:
+            counts = await self._delivery_counts(reply)
+        return await self._deliveries(reply or [], counts)
+
+    async def _delivery_counts(self, reply: Any) -> dict[tuple[str, str], int]:
+        pipe = self.transport.redis.pipeline(transaction=False)
+        asked = []
+        for stream, entries in reply:
+            for entry_id, _ in entries:
+                pipe.xpending_range(stream, self.group, entry_id, entry_id, 1)
+                asked.append((_text(stream), _text(entry_id)))
+        counts = {}
+        for key, rows in zip(asked, await pipe.execute(), strict=True):
+            counts[key] = int(rows[0]["times_delivered"]) if rows else 1
+        return counts
+
+    async def _deliveries(self, reply: Any, counts: dict[tuple[str, str], int]
+                          ) -> list[EventDelivery]:
+        deliveries, skipped = [], []
+        for raw_stream, entries in reply:
+            stream = _text(raw_stream)
+            for raw_id, fields in entries:
+                entry_id = _text(raw_id)
+                delivery = self.transport.decode(stream, entry_id, fields,
+                                                 counts.get((stream, entry_id), 1))
+                if delivery is None:
+                    skipped.append((stream, entry_id))
+                else:
+                    deliveries.append(delivery)
+        if skipped:  # noop and trimmed entries: acknowledged at once, never handed out
+            pipe = self.transport.redis.pipeline(transaction=False)
+            for stream, entry_id in skipped:
+                pipe.xack(stream, self.group, entry_id)
+            await pipe.execute()
+        return deliveries
+
+    async def _due_retries(self, limit: int) -> list[EventDelivery]:
+        now = time.monotonic()
+        due = [key for key, (at, _) in self._retries.items() if at <= now][:limit]
+        if not due:
+            return []
+        redis = self.transport.redis
+        deliveries = []
+        for stream, entry_id in due:
+            _, count = self._retries.pop((stream, entry_id))
+            claimed = await redis.xclaim(stream, self.group, self.consumer, 0, [entry_id])
+            for raw_id, fields in claimed:
+                delivery = self.transport.decode(stream, _text(raw_id), fields, count + 1)
+                if delivery is None:
+                    await redis.xack(stream, self.group, entry_id)
+                else:
+                    deliveries.append(delivery)
+        return deliveries
+
+    async def _reclaim(self, limit: int) -> list[EventDelivery]:
+        """Take over entries that another consumer of this group has held, silently, for
+        longer than `claim_idle`: that consumer has most likely died."""
+        transport = self.transport
+        self._next_reclaim = time.monotonic() + transport.reclaim_interval
+        idle_ms = int(transport.claim_idle * 1000)
+        gathered: list[tuple[str, list[Any]]] = []
+        for stream in self.streams:
+            try:
+                reply = await transport.redis.xautoclaim(
+                    stream, self.group, self.consumer, idle_ms,
+                    start_id=self._reclaim_cursor[stream], count=limit)
+            except ResponseError as exc:  # the group or stream was deleted meanwhile
+                logger.warning("reclaiming on %s failed: %s", stream, exc)
+                continue
+            cursor, entries = _text(reply[0]), reply[1]
+            self._reclaim_cursor[stream] = cursor
+            if entries:
+                gathered.append((stream, entries))
+                logger.info("reclaimed %d event(s) on %s from a silent consumer of %s",
+                            len(entries), stream, self.group)
+        if not gathered:
+            return []
+        counts = await self._delivery_counts(gathered)
+        return await self._deliveries(gathered, counts)
+
+    async def acknowledge(self, deliveries: Sequence[EventDelivery]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for delivery in deliveries:
+            by_stream.setdefault(delivery.stream, []).append(delivery.native_id)
+            self._retries.pop((delivery.stream, delivery.native_id), None)
+
+        async def ack() -> None:
+            pipe = self.transport.redis.pipeline(transaction=False)
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, self.group, *ids)
+            await pipe.execute()
+
+        await redis_call(self.transport.url, "cannot acknowledge events", ack)
+
+    async def redeliver(self, delivery: EventDelivery, delay: float) -> None:
+        # It stays pending under this consumer; XCLAIM hands it back when due. Should this
+        # process die first, another consumer reclaims it after claim_idle.
+        self._retries[(delivery.stream, delivery.native_id)] = (
+            time.monotonic() + delay, delivery.delivery_count)
+
+    async def dead_letter(self, delivery: EventDelivery, reason: str) -> None:
+        transport = self.transport
+        fields: dict[Any, Any] = dict(delivery.raw) if isinstance(delivery.raw, dict) else {}
+        fields.update({
+            "bus_dead_reason": reason,
+            "bus_dead_group": self.group,
+            "bus_dead_entry_id": delivery.native_id,
+            "bus_dead_delivery_count": str(delivery.delivery_count),
+            "bus_dead_time": datetime.now(timezone.utc).isoformat(),
+        })
+        self._retries.pop((delivery.stream, delivery.native_id), None)
+
+        async def move() -> None:
+            pipe = transport.redis.pipeline(transaction=True)
+            pipe.xadd(transport.dead_letter_stream(delivery.stream), fields,
+                      maxlen=transport.max_stream_length or None, approximate=True)
+            pipe.xack(delivery.stream, self.group, delivery.native_id)
+            await pipe.execute()
+
+        await redis_call(transport.url, "cannot dead-letter an event", move)
+
+    async def close(self) -> None:
+        # Entries still held stay pending; after claim_idle another consumer reclaims them.
+        self._retries.clear()
+
