@@ -65,24 +65,26 @@ def create(config: str | os.PathLike[str] | Mapping[str, Any] | None = None, *,
     """
     manager = PluginManager(plugins, load_entry_points=load_entry_points)
     loaded = load_config(config, manager, default_service_name=_guess_service_name())
-    if service_name:
-        loaded.bus["service_name"] = service_name
-    if process_name:
-        loaded.bus["process_name"] = process_name
+    for key, value in (("service_name", service_name), ("process_name", process_name)):
+        if value is not None:
+            if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+                raise InvalidArguments(f"create({key}={value!r}): use a non-empty name "
+                                       "without spaces")
+            loaded.bus[key] = value
     manager.apply_config(loaded.plugins, loaded.selected_transports(),
                          loaded.bus["serializer"])
     return Bus(BusClient(loaded, manager))
 
 
 def _guess_service_name() -> str:
+    """The name of the folder holding the file that calls create(): the same on every
+    restart however the module is imported (`bus.py` or `pkg.bus`)."""
     frame = inspect.currentframe()
     caller = frame.f_back.f_back if frame and frame.f_back else None  # create()'s caller
-    module = caller.f_globals.get("__name__", "") if caller else ""
     filename = caller.f_globals.get("__file__") if caller else None
-    if module and "." in module and not module.startswith("bus_core"):
-        name = module.split(".")[0]
-    elif filename:
-        name = Path(filename).resolve().parent.name
-    else:
-        name = Path.cwd().name
+    folder = Path(filename).resolve().parent if filename else Path.cwd()
+    return _safe_name(folder.name)
+
+
+def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "service"

@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,11 @@ def load_bus(module_name: str | None) -> Bus:
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise CommandFailed(f"cannot import bus module {module_name!r}: {exc}") from None
+        raise CommandFailed(_import_failure(module_name, exc)) from None
+    except BusError:
         raise
+    except Exception as exc:
+        raise CommandFailed(_import_failure(module_name, exc)) from None
     bus = getattr(module, "bus", None)
     if not isinstance(bus, Bus):
         bus = next((v for v in vars(module).values() if isinstance(v, Bus)), None)
@@ -85,6 +90,13 @@ def load_bus(module_name: str | None) -> Bus:
             f"module {module_name!r} creates no bus: add `bus = bus_core.create()` to it"
         )
     return bus
+
+
+def _import_failure(module_name: str, exc: BaseException) -> str:
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    return (f"importing bus module {module_name!r} failed: {type(exc).__name__}: {exc}\n"
+            f"  at {where.filename}:{where.lineno}\n"
+            f"(run from the folder that holds the module, or name it with --bus / BUS_MODULE)")
 
 
 # -- subcommands -----------------------------------------------------------------------------
@@ -180,7 +192,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     manager = PluginManager()
     config = load_config(location, manager)
     manager.apply_config(config.plugins, config.selected_transports(), config.bus["serializer"])
-    print(f"{location}: valid (service {config.service_name!r}, "
+    service = config.bus["service_name"] if config.document.get("bus", {}).get(
+        "service_name") else "derived from the bus module's folder"
+    print(f"{location}: valid (service {service!r}, "
           f"{len(config.api_names)} API section(s), "
           f"plugins enabled: {', '.join(sorted(manager.enabled)) or 'none'})")
     return 0
@@ -197,7 +211,9 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def _common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    # Defaults are suppressed so that an option given to `bus plugins -c X list` is not
+    # overwritten by the nested subcommand's own (absent) copy of it.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     group = common.add_argument_group("common options")
     group.add_argument("-c", "--config", metavar="FILE",
                        help="config file or URL (default: $BUS_CONFIG)")
@@ -272,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     parser = build_parser(manager)
     args = parser.parse_args(argv)
+    for name in ("config", "bus", "log_level"):
+        if not hasattr(args, name):
+            setattr(args, name, None)
     if args.version:
         return cmd_version(args)
     if not args.command:
@@ -288,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `bus config schema | head`
+        sys.stderr.close()
+        return 0
     return int(code or 0)
 
 

@@ -21,6 +21,7 @@ import logging
 import threading
 import traceback
 import typing
+import warnings
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
@@ -209,6 +210,7 @@ class BusClient:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._background_worker: Worker | None = None
         self.running_workers: list[Worker] = []
+        self._warned_blocking = False
         self.closed = False
 
     def __repr__(self) -> str:
@@ -302,6 +304,11 @@ class BusClient:
             )
         if not callable(handler):
             raise InvalidArguments(f"listen() handler must be callable, got {handler!r}")
+        if since is not None and not isinstance(since, (str, datetime)):
+            raise InvalidArguments(
+                f"since={since!r}: use None (new events only), '0' (the beginning), a "
+                "datetime, or a transport's stream id"
+            )
         if on_error not in (None, "redeliver", "acknowledge", "stop"):
             raise InvalidArguments(
                 f"on_error={on_error!r}: use 'redeliver', 'acknowledge' or 'stop'"
@@ -454,6 +461,13 @@ class BusClient:
             # A sync call made on the background loop's own thread: blocking that loop on
             # itself would deadlock, so the call runs on a private loop in a helper thread.
             return run_in_fresh_loop(self._then_close_loop(coro))
+        if _running_loop() is not None and not self._warned_blocking:
+            self._warned_blocking = True
+            warnings.warn(
+                "Bus: a sync call or fire inside async code blocks its event loop until it "
+                "returns (a worker on that loop cannot answer meanwhile); use "
+                "`await ....call_async(...)` / `fire_async(...)` there", RuntimeWarning,
+                stacklevel=4)
         return thread.run(coro)
 
     async def _then_close_loop(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -490,10 +504,11 @@ class BusClient:
                              kwargs: dict[str, Any], bus_options: dict[str, Any] | None = None
                              ) -> Any:
         rpc = self.check_rpc_arguments(api_name, procedure_name, kwargs)
-        api_config = self.config.api(api_name)
-        timeout = float((bus_options or {}).get("timeout") or api_config.rpc_timeout)
+        timeout, timeout_source = _timeout(bus_options, self.config.api(api_name).rpc_timeout,
+                                           f"apis.{api_name}.rpc_timeout")
         message = RpcMessage(api_name=api_name, procedure_name=procedure_name,
-                             kwargs=wire_kwargs(f"{api_name}.{procedure_name}()", kwargs))
+                             kwargs=wire_kwargs(f"{api_name}.{procedure_name}()", kwargs,
+                                                rpc.parameters if rpc else ()))
         state = await self.state()
         rpc_transport: RpcTransport = await state.transport("rpc", api_name)
         result_transport: ResultTransport = await state.transport("result", api_name)
@@ -507,7 +522,7 @@ class BusClient:
         except (TimeoutError, asyncio.TimeoutError):
             error: BaseException = RpcTimeout(
                 f"{api_name}.{procedure_name}() got no result within {timeout:g}s "
-                f"(apis.{api_name}.rpc_timeout): is a worker serving API {api_name!r} running?"
+                f"({timeout_source}): is a worker serving API {api_name!r} running?"
             )
             await self.hooks.after_rpc_call(self, message, None, error, now() - started)
             raise error from None
@@ -543,18 +558,20 @@ class BusClient:
         values.update(kwargs)
         definition = self.apis[api_name].definition
         message = EventMessage(api_name=api_name, event_name=event_name,
-                               kwargs=wire_kwargs(where, values), version=definition.version)
+                               kwargs=wire_kwargs(where, values, event.parameters),
+                               version=definition.version)
         state = await self.state()
         transport: EventTransport = await state.transport("event", api_name)
         await self.hooks.before_event_fire(self, message)
-        timeout = float((bus_options or {}).get("timeout")
-                        or self.config.api(api_name).event_fire_timeout)
+        timeout, timeout_source = _timeout(bus_options,
+                                           self.config.api(api_name).event_fire_timeout,
+                                           f"apis.{api_name}.event_fire_timeout")
         started = now()
         try:
             await asyncio.wait_for(transport.send_event(message), timeout)
         except (TimeoutError, asyncio.TimeoutError):
             error = BusError(f"firing {where} was not accepted by the event transport within "
-                             f"{timeout:g}s (apis.{api_name}.event_fire_timeout)")
+                             f"{timeout:g}s ({timeout_source})")
             await self.hooks.after_event_fire(self, message, error, now() - started)
             raise error from None
         except BaseException as exc:
@@ -650,6 +667,18 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+def _timeout(bus_options: dict[str, Any] | None, default: float, setting: str
+             ) -> tuple[float, str]:
+    """The timeout to use, and where it came from (for error messages)."""
+    if bus_options and bus_options.get("timeout") is not None:
+        value = bus_options["timeout"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise InvalidArguments(f"bus_options timeout must be a positive number of "
+                                   f"seconds, got {value!r}")
+        return float(value), "bus_options timeout"
+    return float(default), setting
+
+
 def check_arguments(where: str, parameters: Sequence[Any], accepts_extra: bool,
                     kwargs: dict[str, Any]) -> None:
     names = [p.name for p in parameters]
@@ -667,11 +696,18 @@ def check_arguments(where: str, parameters: Sequence[Any], accepts_extra: bool,
         )
 
 
-def wire_kwargs(where: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def wire_kwargs(where: str, kwargs: dict[str, Any],
+                parameters: Sequence[Any] = ()) -> dict[str, Any]:
+    """Wire forms of `kwargs`; with the declared `parameters`, each value is also checked
+    against its declared type here, before sending, rather than refused by the receiver."""
     out = {}
+    declared = {p.name: p.type for p in parameters if p.type is not typing.Any}
     for key, value in kwargs.items():
         try:
-            out[key] = to_wire(value)
+            out[key] = wire = to_wire(value)
+            hint = declared.get(key)
+            if hint is not None:
+                from_wire(wire, hint)
         except WireError as exc:
             raise InvalidArguments(f"{where} parameter {key!r}: {exc}") from None
     return out

@@ -114,14 +114,12 @@ def config_schema(plugins: PluginManager | None = None) -> dict[str, Any]:
     plugin_sections: dict[str, Any] = {}
     if plugins is not None:
         for name in plugins.infos:
-            part = plugins.config_schemas.get(name)
-            section: dict[str, Any] = {"type": "object",
-                                       "properties": {"enabled": {"type": "boolean"}}}
-            if part:
-                section["properties"].update(part.get("properties", {}))
-                section["additionalProperties"] = part.get("additionalProperties", False)
-                if part.get("required"):
-                    section["required"] = list(part["required"])
+            # A plugin's own schema, with `enabled` added; a plugin that declares none takes
+            # no options, so a misspelled key is caught rather than ignored.
+            part = dict(plugins.config_schemas.get(name) or {})
+            section: dict[str, Any] = {"type": "object", "additionalProperties": False, **part}
+            section["properties"] = {"enabled": {"type": "boolean"},
+                                     **dict(part.get("properties") or {})}
             plugin_sections[name] = section
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -243,15 +241,27 @@ def substitute_env(value: Any, environ: Mapping[str, str] | None = None, path: s
             f"${{{name}:-default}}"
         )
 
-    whole = _ENV_REFERENCE.fullmatch(value)
-    expanded = _ENV_REFERENCE.sub(expand, value)
-    if whole:
-        try:
-            typed = yaml.safe_load(expanded) if expanded else ""
-        except yaml.YAMLError:
-            return expanded
-        return typed if isinstance(typed, (str, int, float, bool)) or typed is None else expanded
-    return expanded
+    parts = value.split("$${")  # `$${` is a literal `${`
+    whole = len(parts) == 1 and _ENV_REFERENCE.fullmatch(value)
+    expanded = "${".join(_ENV_REFERENCE.sub(expand, part) for part in parts)
+    return _scalar(expanded) if whole else expanded
+
+
+_INT = re.compile(r"^[-+]?[0-9]+$")
+_FLOAT = re.compile(r"^[-+]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][-+]?[0-9]+)?$")
+
+
+def _scalar(text: str) -> Any:
+    """The type a lone `${VAR}` takes: true/false, integers and decimals as such (like YAML
+    1.2's core schema; `on`, `yes`, `off` stay strings), everything else a string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if _INT.match(text.strip()):
+        return int(text)
+    if _FLOAT.match(text.strip()):
+        return float(text)
+    return text
 
 
 def _path_of(error: jsonschema.ValidationError) -> str:

@@ -1,7 +1,8 @@
 """Every hook a Bus plugin can implement. One module, grouped by when the hooks run.
 
 A plugin is a module or object with functions decorated by `bus_core.hookimpl` and named like
-the specs below. Any hook implementation may be `async def`; the kernel awaits what it returns.
+the specs below. Lifecycle and message-flow hook implementations may be `async def` (the kernel
+awaits what they return); registration hooks run at start-up, outside any loop, and are sync.
 
 Registration hooks run for every discovered plugin, once, when a bus client is created.
 Lifecycle and message-flow hooks run only for *enabled* plugins: those the config enables under

@@ -139,6 +139,13 @@ class PluginManager:
 
     def register(self, plugin: object, name: str | None = None, *, enabled: bool = True) -> str:
         """Register a plugin given in code (a module, class or instance with hook impls)."""
+        if self.pm.is_registered(plugin):  # e.g. an installed plugin passed again in code
+            name = self.pm.get_name(plugin) or ""
+            self._forced_enabled.add(name)
+            self.enabled.add(name)
+            self.infos[name].enabled = True
+            self.hooks.refresh()
+            return name
         name = name or getattr(plugin, "bus_plugin_name", None) or _plugin_name(plugin)
         if name in self.disabled:
             self.infos[name] = PluginInfo(name=name, module=_module_name(plugin), source="code",

@@ -13,6 +13,7 @@ import collections.abc as _abc
 import dataclasses
 import datetime as dt
 import enum
+import math
 import types
 import typing
 import uuid
@@ -28,6 +29,8 @@ _SCALARS = (str, int, float, bool, type(None))
 def to_wire(value: Any) -> Any:
     """Return a JSON-safe form of `value`; raise WireError for a value that cannot travel."""
     if isinstance(value, _SCALARS):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise WireError(f"cannot send {value}: JSON has no NaN or infinity")
         return value
     if isinstance(value, dict):
         return {str(key): to_wire(item) for key, item in value.items()}

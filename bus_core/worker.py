@@ -221,7 +221,8 @@ class Worker:
             if pending:
                 logger.warning(
                     "%d handler(s) did not finish within bus.drain_timeout (%gs) and were "
-                    "cancelled; their events stay unacknowledged and will be redelivered",
+                    "abandoned (async ones cancelled; a sync one's thread runs on until it "
+                    "returns); their events stay unacknowledged and will be redelivered",
                     len(pending), drain_timeout)
                 for task in pending:
                     task.cancel()

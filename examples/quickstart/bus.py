@@ -11,7 +11,7 @@ from auth_api import AuthApi
 import bus_core
 from bus_core import EventMessage
 
-bus = bus_core.create(service_name="quickstart")
+bus = bus_core.create()  # service_name: this folder's name, or bus.service_name in YAML
 bus.client.register_api(AuthApi())
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bus import bus  # noqa: E402  (this folder's bus module)
+from bus import bus
 
-from bus_core import EventMessage  # noqa: E402
+from bus_core import EventMessage
 
 handled = threading.Event()
 

@@ -177,6 +177,23 @@ def test_run_without_a_bus_module_explains(tmp_path):
     assert result.returncode == 1 and "creates no bus" in result.stderr
 
 
+def test_a_bus_module_that_fails_to_import_is_reported_without_a_traceback(tmp_path):
+    (tmp_path / "bus.py").write_text("import bus_core\nfrom missing_helpers import thing\n")
+    result = bus("run", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "importing bus module 'bus' failed: ModuleNotFoundError" in result.stderr
+    assert "bus.py:2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_common_options_work_at_every_level(tmp_path):
+    config = tmp_path / "bus.yaml"
+    config.write_text("plugins: {memory: {enabled: false}}\n")
+    for args in (["plugins", "-c", str(config), "list", "--json"],
+                 ["plugins", "list", "--json", "--config", str(config)]):
+        rows = {row["name"]: row for row in json.loads(bus(*args).stdout)}
+        assert rows["memory"]["enabled"] is False, args
+
+
 def test_run_rejects_unknown_features(tmp_path):
     result = bus("run", "--only", "rpcs,emails", cwd=write_service(tmp_path / "s"))
     assert result.returncode == 1 and "unknown feature 'emails'" in result.stderr

@@ -62,10 +62,17 @@ def test_sync_calls_from_many_threads(served):
     assert results == [str(i) for i in range(40)]
 
 
-async def test_sync_call_from_inside_async_code_does_not_deadlock(served):
+async def test_sync_call_from_inside_async_code_works_and_warns_once(served):
     _, caller = served
-    # A sync call made while an event loop runs in this thread still works.
-    assert caller.auth.check_password(username="admin", password="secret") is True
+    # A sync call made while an event loop runs in this thread still works, but blocks
+    # that loop, so the user is told (once) to use the async form there.
+    with pytest.warns(RuntimeWarning, match="blocks its event loop"):
+        assert caller.auth.check_password(username="admin", password="secret") is True
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert caller.auth.check_password(username="admin", password="nope") is False
 
 
 def test_remote_exception_names_type_message_and_traceback(served):
@@ -89,8 +96,32 @@ def test_timeout_names_api_rpc_and_timeout(make_bus):
 
 def test_per_call_timeout_overrides_config(make_bus):
     caller = make_bus(rpc_timeout=30)
-    with pytest.raises(RpcTimeout, match="0.1s"):
+    with pytest.raises(RpcTimeout, match=r"0.1s \(bus_options timeout\)"):
         caller.billing.charge(amount=3, bus_options={"timeout": 0.1})
+    for bad in (0, -1, "soon", True):
+        with pytest.raises(InvalidArguments, match="positive number of seconds"):
+            caller.billing.charge(amount=3, bus_options={"timeout": bad})
+
+
+def test_values_are_checked_against_declared_types_before_sending(served):
+    import datetime as dt
+
+    server, _ = served
+    with pytest.raises(InvalidArguments, match=r"user_deleted parameter 'hard': expected bool"):
+        server.auth.user_deleted.fire(username="a", hard="yes")
+    with pytest.raises(InvalidArguments, match=r"check_password\(\) parameter 'username'"):
+        server.auth.check_password(username=42, password="x")
+    with pytest.raises(InvalidArguments, match="JSON has no NaN"):
+        server.auth.slow_echo(value="x", delay=float("nan"))
+    with pytest.raises(InvalidArguments, match="cannot send a value of type"):
+        server.auth.user_registered.fire(username=object(), email="b")
+    # The check is on the wire form: a date sent for a str arrives as its ISO string.
+    assert server.auth.check_password(username=dt.date(2020, 1, 1), password="x") is False
+
+
+def test_since_must_be_a_position(make_bus):
+    with pytest.raises(InvalidArguments, match="since=42"):
+        make_bus().auth.user_registered.listen(lambda e, **kw: None, listener_name="x", since=42)
 
 
 def test_positional_arguments_are_refused_with_the_keyword_form(served):

@@ -86,6 +86,15 @@ apis:
     assert config.api("x").ordered is False
 
 
+def test_lone_references_take_json_like_types_and_dollar_dollar_escapes():
+    env = {"ON": "on", "N": "123", "F": "1.5", "T": "TRUE", "S": "hello world"}
+    document = {"a": "${ON}", "b": "${N}", "c": "${F}", "d": "${T}", "e": "${S}",
+                "f": "x-${N}", "g": "$${NOT_A_VAR}", "h": "$${N} ${N}"}
+    assert substitute_env(document, env) == {
+        "a": "on", "b": 123, "c": 1.5, "d": True, "e": "hello world", "f": "x-123",
+        "g": "${NOT_A_VAR}", "h": "${N} 123"}
+
+
 def test_missing_env_variable_names_the_variable_and_path(manager):
     with pytest.raises(ConfigError, match=r"bus.service_name: environment variable SERVICE"):
         substitute_env({"bus": {"service_name": "${SERVICE}"}}, {}, "")
@@ -209,8 +218,8 @@ def test_service_name_is_stable_and_derived_from_the_calling_module():
     first = bus_core.create({})
     second = bus_core.create({})
     try:
-        # Called from this test module, in package `tests`: the same name every time.
-        assert first.client.service_name == second.client.service_name == "tests"
+        # Called from a file in tests/core: the folder name, the same every time.
+        assert first.client.service_name == second.client.service_name == "core"
     finally:
         first.client.close()
         second.client.close()

@@ -135,8 +135,30 @@ def test_bus_disabled_plugins_blocks_by_name(fake_site, monkeypatch):
     assert manager.infos["recorder4"].status == "blocked"
     assert manager.infos["memory"].status == "blocked"
     assert not manager.pm.has_plugin("recorder4")
-    with pytest.raises(bus_core.ConfigError, match="installed: none"):
+    with pytest.raises(bus_core.ConfigError, match="'memory' was unexpected"):
         bus_core.create({"apis": {"default": {"rpc_transport": {"memory": {}}}}})
+
+
+def test_a_plugin_without_a_config_schema_takes_no_options(fake_site):
+    fake_distribution(fake_site, "bus-plain", {"plain": "bus_plain"}, {"bus_plain": (
+        "from bus_core import hookimpl\n@hookimpl\ndef bus_worker_started(client, worker): ...\n"
+    )})
+    bus_core.create({"plugins": {"plain": {"enabled": True}}}).close()
+    with pytest.raises(bus_core.ConfigError, match="plugins.plain: .*'colour' was unexpected"):
+        bus_core.create({"plugins": {"plain": {"enabled": True, "colour": "red"}}})
+
+
+def test_an_installed_plugin_passed_in_code_is_enabled_not_registered_twice(fake_site):
+    fake_distribution(fake_site, "bus-recorder5", {"recorder5": "bus_recorder5"},
+                      {"bus_recorder5": RECORDING_PLUGIN})
+    import bus_recorder5  # type: ignore[import-not-found]
+
+    bus = bus_core.create({}, plugins=[bus_recorder5])
+    try:
+        assert bus.client.plugins.infos["recorder5"].enabled
+        assert "bus_recorder5" not in bus.client.plugins.infos
+    finally:
+        bus.client.close()
 
 
 def test_enabling_a_plugin_that_is_not_installed_is_an_error():
@@ -170,8 +192,8 @@ def test_a_transport_of_an_unknown_kind_is_refused():
 
 def test_a_missing_transport_names_the_installed_ones():
     manager = PluginManager()
-    with pytest.raises(TransportNotFound, match="no event transport named 'redis'.*memory"):
-        manager.transport("event", "redis")
+    with pytest.raises(TransportNotFound, match="no event transport named 'kafka'.*memory"):
+        manager.transport("event", "kafka")
 
 
 def test_no_plugin_means_no_hook_machinery(make_bus):
