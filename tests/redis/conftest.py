@@ -1,0 +1,142 @@
+"""A real redis-server for the Redis tests: started by the suite on a free loopback port
+(one per test process), flushed before each test, stopped at the end. No test touches a
+Redis it did not start."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+import bus_core
+from bus_core import Bus
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process this test run owns."""
+
+    port: int
+    folder: Path
+    process: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: `apt-get install redis-server` "
+                        "(.ci/run does this)")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder), "--protected-mode", "no",
+             "--logfile", str(self.folder / "redis.log"), *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.exceptions.ResponseError:
+                break  # up, but wants a password: that is for the test to use
+            except redis.exceptions.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = (self.folder / "redis.log").read_text(errors="replace")[-2000:]
+                    pytest.fail(f"redis-server did not start on port {self.port}:\n{log}")
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of this test alone, for tests that stop or restart it."""
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session server's URL, emptied for this test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer, redis_url: str) -> Iterator[redis.Redis]:
+    """A plain redis-py client on the test server, for looking at what Bus wrote."""
+    client = redis_server.client()
+    yield client
+    client.close()
+
+
+def redis_config(url: str, **api_default: Any) -> dict[str, Any]:
+    transport = {"redis": {"url": url}}
+    return {
+        "bus": {"schema": {"transport": transport}, "drain_timeout": 5},
+        "apis": {"default": {
+            "rpc_transport": transport, "result_transport": transport,
+            "event_transport": transport, "rpc_timeout": 3, "redelivery_delay": 0,
+            **api_default,
+        }},
+    }
+
+
+@pytest.fixture
+def make_redis_bus(redis_url: str) -> Iterator[Callable[..., Bus]]:
+    """make_redis_bus(service_name=..., config=..., **apis_default) -> Bus on the test Redis."""
+    made: list[Bus] = []
+
+    def make(*, service_name: str = "svc", process_name: str | None = None,
+             config: dict[str, Any] | None = None, plugins: Any = (), **api_default: Any) -> Bus:
+        bus = bus_core.create(config or redis_config(redis_url, **api_default),
+                              service_name=service_name, process_name=process_name,
+                              plugins=plugins)
+        made.append(bus)
+        return bus
+
+    yield make
+    for bus in made:
+        bus.client.close()

@@ -1,0 +1,38 @@
+"""End to end on a real Redis: the basics a user sees first."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from bus_core import EventMessage, RemoteError, RpcTimeout
+from tests.apis import AuthApi
+
+
+def test_rpc_and_event_between_two_clients(make_redis_bus):
+    server = make_redis_bus(service_name="auth_service")
+    server.client.register_api(AuthApi())
+    heard = threading.Event()
+    got: list[tuple[str, str]] = []
+
+    def welcome(event: EventMessage, username: str, email: str) -> None:
+        got.append((username, email))
+        heard.set()
+
+    server.auth.user_registered.listen(welcome, listener_name="welcome")
+    server.client.start_worker()
+    caller = make_redis_bus(service_name="web")
+    assert caller.auth.check_password(username="admin", password="secret") is True
+    with pytest.raises(RemoteError) as caught:
+        caller.auth.fail(message="nope")
+    assert caught.value.remote_type == "ValueError"
+    server.auth.user_registered.fire(username="ada", email="ada@example.com")
+    assert heard.wait(5)
+    assert got == [("ada", "ada@example.com")]
+
+
+def test_rpc_to_an_api_nobody_serves_times_out(make_redis_bus):
+    caller = make_redis_bus(rpc_timeout=0.3)
+    with pytest.raises(RpcTimeout, match="billing.charge"):
+        caller.billing.charge(amount=1)
