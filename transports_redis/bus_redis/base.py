@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from redis.exceptions import NoScriptError
 
 from bus_core.transports import Transport
 from bus_redis.connection import DEFAULT_URL, SharedClient, acquire, redact, release
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 OPTIONS_SCHEMA: dict[str, Any] = {
     "url": {"type": "string", "pattern": "^(redis|rediss|unix)://",
@@ -15,6 +21,23 @@ OPTIONS_SCHEMA: dict[str, Any] = {
     "max_connections": {"type": "integer", "minimum": 2},
     "socket_timeout": {"type": ["number", "null"], "exclusiveMinimum": 0},
 }
+
+
+class Scripts:
+    """Lua scripts by name, run with EVALSHA (loading them with EVAL the first time a
+    server has not seen them, e.g. after a restart)."""
+
+    def __init__(self, **sources: str) -> None:
+        self.sources = sources
+        self.shas = {name: hashlib.sha1(src.encode()).hexdigest()
+                     for name, src in sources.items()}
+
+    async def run(self, client: Any, name: str, keys: Sequence[Any], args: Sequence[Any]
+                  ) -> Any:
+        try:
+            return await client.evalsha(self.shas[name], len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.sources[name], len(keys), *keys, *args)
 
 
 class RedisTransport(Transport):
@@ -27,6 +50,8 @@ class RedisTransport(Transport):
         self.max_connections = max_connections
         self.socket_timeout = socket_timeout
         self._shared: SharedClient | None = None
+
+    scripts = Scripts()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {redact(self.url)}>"
@@ -51,35 +76,34 @@ class RedisTransport(Transport):
         return self.shared.client
 
 
-class Batcher:
-    """Coalesces writes issued in the same loop turn into one pipeline round trip.
+class Batcher(Generic[T, R]):
+    """Coalesces what is submitted in the same loop turn into one `flush(items)` call
+    (one round trip for many messages); each submitter awaits its own reply. A failed
+    flush fails everyone in that batch."""
 
-    Each `submit(add)` queues `add(pipeline)` (which queues commands) and waits for the
-    pipeline's execution; the first failure fails everyone in that batch."""
-
-    def __init__(self, transport: RedisTransport, transaction: bool = False) -> None:
-        self.transport = transport
-        self.transaction = transaction
-        self._queued: list[tuple[Callable[[Any], int], asyncio.Future[list[Any]]]] = []
+    def __init__(self, flush: Callable[[list[T]], Awaitable[Sequence[R]]],
+                 max_batch: int = 500) -> None:
+        self.flush = flush
+        self.max_batch = max_batch
+        self._queued: list[tuple[T, asyncio.Future[R]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
-    def submit(self, add: Callable[[Any], int]) -> Awaitable[list[Any]]:
-        """`add(pipe)` queues commands and returns how many; await the list of replies."""
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._queued.append((add, future))
+    def submit(self, item: T) -> asyncio.Future[R]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._queued.append((item, future))
         if self._flushing is None:
-            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+            self._flushing = loop.create_task(self._run())
         return future
 
-    async def _flush(self) -> None:
+    async def _run(self) -> None:
         try:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # let the rest of this loop turn add to the batch
             while self._queued:
-                batch, self._queued = self._queued, []
-                pipe = self.transport.redis.pipeline(transaction=self.transaction)
-                counts = [add(pipe) for add, _ in batch]
+                batch = self._queued[:self.max_batch]
+                del self._queued[:self.max_batch]
                 try:
-                    replies = await pipe.execute(raise_on_error=True)
+                    replies = await self.flush([item for item, _ in batch])
                 except BaseException as exc:
                     for _, future in batch:
                         if not future.done():
@@ -87,10 +111,8 @@ class Batcher:
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
-                start = 0
-                for (_, future), count in zip(batch, counts, strict=True):
+                for (_, future), reply in zip(batch, replies, strict=True):
                     if not future.done():
-                        future.set_result(replies[start:start + count])
-                    start += count
+                        future.set_result(reply)
         finally:
             self._flushing = None

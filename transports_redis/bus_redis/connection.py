@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import urllib.parse
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as redis
@@ -97,11 +97,27 @@ async def redis_call(url: str, what: str, call: Callable[[], Awaitable[T]]) -> T
         raise TransportError(f"{what}: Redis at {redact(url)} refused: {exc}") from None
 
 
-@contextlib.asynccontextmanager
-async def dedicated(shared: SharedClient) -> AsyncIterator[redis.Redis]:
-    """A client bound to one connection of the pool, for blocking commands."""
-    client = redis.Redis(connection_pool=shared.pool, single_connection_client=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+class BlockingClient:
+    """A client bound to one connection of the pool for a consumer's blocking reads
+    (BLPOP, XREADGROUP BLOCK), made on first use and kept until `close()`."""
+
+    def __init__(self, shared: SharedClient) -> None:
+        self.shared = shared
+        self._client: redis.Redis | None = None
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = redis.Redis(connection_pool=self.shared.pool,
+                                       single_connection_client=True)
+        return self._client
+
+    async def reset(self) -> None:
+        """Drop the connection (after an error or a cancelled read left it unusable)."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    async def close(self) -> None:
+        await self.reset()

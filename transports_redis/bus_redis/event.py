@@ -23,7 +23,7 @@ from bus_core.errors import BusError
 from bus_core.messages import EventMessage
 from bus_core.transports import EventConsumer, EventDelivery, EventTransport
 from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport
-from bus_redis.connection import dedicated, redis_call
+from bus_redis.connection import BlockingClient, redis_call
 
 logger = logging.getLogger("bus.redis.event")
 METADATA_FIELDS = ("id", "api_name", "event_name", "version")
@@ -76,7 +76,7 @@ class RedisEventTransport(RedisTransport, EventTransport):
         self.claim_idle = claim_idle
         self.reclaim_interval = reclaim_interval or claim_idle / 2
         self.dead_letter_suffix = dead_letter_suffix
-        self._batcher: Batcher | None = None
+        self._batcher: Batcher[tuple[str, dict[str, Any]], Any] = Batcher(self._send_batch)
 
     def stream_name(self, api_name: str, event_name: str) -> str:
         if self.stream_use == "per_event":
@@ -139,21 +139,18 @@ class RedisEventTransport(RedisTransport, EventTransport):
     # -- publishing ----------------------------------------------------------------------
 
     async def send_event(self, message: EventMessage) -> None:
-        fields = self.encode(message)
-        stream = self.stream_name(message.api_name, message.event_name)
-        if self._batcher is None:
-            self._batcher = Batcher(self)
-        batcher = self._batcher
-        maxlen = self.max_stream_length or None
-
-        def add(pipe: Any) -> int:
-            pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
-            return 1
-
-        (entry_id,) = await redis_call(self.url, f"cannot fire {message.canonical_name}",
-                                       lambda: batcher.submit(add))
+        item = (self.stream_name(message.api_name, message.event_name), self.encode(message))
+        entry_id = await redis_call(self.url, f"cannot fire {message.canonical_name}",
+                                    lambda: self._batcher.submit(item))
         message.native_id = _text(entry_id)
         message.time = datetime_from_stream_id(message.native_id)
+
+    async def _send_batch(self, events: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        maxlen = self.max_stream_length or None
+        for stream, fields in events:
+            pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
+        return list(await pipe.execute())
 
     # -- consuming -----------------------------------------------------------------------
 
@@ -231,6 +228,7 @@ class RedisEventConsumer(EventConsumer):
         self._retries: dict[tuple[str, str], tuple[float, int]] = {}  # -> (due at, count)
         self._next_reclaim = 0.0
         self._reclaim_cursor = dict.fromkeys(streams, "0-0")
+        self._blocking = BlockingClient(transport.shared)
 
     async def receive(self, limit: int) -> Sequence[EventDelivery]:
         limit = max(1, min(limit, self.transport.batch_size))
@@ -261,9 +259,12 @@ class RedisEventConsumer(EventConsumer):
             reply = await transport.redis.xreadgroup(self.group, self.consumer, streams,
                                                      count=limit)
         else:
-            async with dedicated(transport.shared) as client:
-                reply = await client.xreadgroup(self.group, self.consumer, streams,
-                                                count=limit, block=block)
+            try:
+                reply = await self._blocking.client.xreadgroup(
+                    self.group, self.consumer, streams, count=limit, block=block)
+            except BaseException:
+                await self._blocking.reset()
+                raise
         counts: dict[tuple[str, str], int] = {}
         if position != ">" and reply:
             counts = await self._delivery_counts(reply)
@@ -389,4 +390,5 @@ class RedisEventConsumer(EventConsumer):
     async def close(self) -> None:
         # Entries still held stay pending; after claim_idle another consumer reclaims them.
         self._retries.clear()
+        await self._blocking.close()
 

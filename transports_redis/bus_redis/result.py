@@ -17,11 +17,13 @@ import time
 import uuid
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from bus_core.errors import BusError, MalformedMessage
 from bus_core.messages import ResultMessage, RpcMessage, result_from_blob, result_to_blob
 from bus_core.transports import ResultTransport
-from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport
-from bus_redis.connection import dedicated, redis_call
+from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
+from bus_redis.connection import BlockingClient, redact, redis_call
 
 logger = logging.getLogger("bus.redis.result")
 RETURN_PATH_PREFIX = "redis+key://"
@@ -39,13 +41,31 @@ OPTIONS = {
 }
 
 
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 def key_of(return_path: str) -> str:
     if not return_path.startswith(RETURN_PATH_PREFIX) or len(return_path) == 12:
         raise MalformedMessage(f"return path {return_path!r} is not a redis+key:// path")
     return return_path[len(RETURN_PATH_PREFIX):]
 
 
+# Results of a batch of calls: LPUSH each to its return key and set the key's TTL.
+# KEYS: result keys; ARGV[1]: TTL seconds; ARGV[i + 1]: the blob for KEYS[i].
+REPLY = """
+for i, key in ipairs(KEYS) do
+  redis.call('LPUSH', key, ARGV[i + 1])
+  redis.call('EXPIRE', key, ARGV[1])
+end
+return #KEYS
+"""
+
+
 class RedisResultTransport(RedisTransport, ResultTransport):
+    scripts = Scripts(reply=REPLY)
+
     def __init__(self, *, result_ttl: float = 60, reply_list: str = "shared",
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -56,7 +76,8 @@ class RedisResultTransport(RedisTransport, ResultTransport):
         self._early: collections.OrderedDict[str, tuple[float, ResultMessage]] = (
             collections.OrderedDict())
         self._reader: asyncio.Task[None] | None = None
-        self._batcher: Batcher | None = None
+        self._has_blmpop = True
+        self._batcher: Batcher[tuple[str, bytes], None] = Batcher(self._send_batch)
 
     def get_return_path(self, message: RpcMessage) -> str:
         if self.reply_list == "shared":
@@ -66,19 +87,14 @@ class RedisResultTransport(RedisTransport, ResultTransport):
 
     async def send_result(self, rpc_message: RpcMessage, result_message: ResultMessage,
                           return_path: str) -> None:
-        key = key_of(return_path)
-        data = self.serializer.dumps(result_to_blob(result_message))
-        if self._batcher is None:
-            self._batcher = Batcher(self)
-        batcher = self._batcher
-
-        def add(pipe: Any) -> int:
-            pipe.lpush(key, data)
-            pipe.expire(key, self.result_ttl)
-            return 2
-
+        item = (key_of(return_path), self.serializer.dumps(result_to_blob(result_message)))
         await redis_call(self.url, f"cannot send the result of {rpc_message.canonical_name}()",
-                         lambda: batcher.submit(add))
+                         lambda: self._batcher.submit(item))
+
+    async def _send_batch(self, results: list[tuple[str, bytes]]) -> list[None]:
+        await self.scripts.run(self.redis, "reply", [key for key, _ in results],
+                               [self.result_ttl, *(data for _, data in results)])
+        return [None] * len(results)
 
     async def receive_result(self, rpc_message: RpcMessage, return_path: str,
                              timeout: float) -> ResultMessage:
@@ -88,49 +104,73 @@ class RedisResultTransport(RedisTransport, ResultTransport):
         early = self._early.pop(rpc_message.id, None)
         if early is not None:
             return early[1]
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ResultMessage] = loop.create_future()
         self._waiting[rpc_message.id] = future
         self._ensure_reader()
+        # A timer rather than asyncio.wait_for: no extra task per call in flight.
+        timer = loop.call_later(timeout, _expire, future)
         try:
-            return await asyncio.wait_for(future, timeout)
+            return await future
         finally:
+            timer.cancel()
             self._waiting.pop(rpc_message.id, None)
 
     async def _receive_own_key(self, key: str, timeout: float) -> ResultMessage:
+        """Wait on a per-call result key (reply_list: per_call), as Lightbus callers do."""
         deadline = time.monotonic() + timeout
-        async with dedicated(self.shared) as client:
+        blocking = BlockingClient(self.shared)
+        try:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError
-                popped = await client.blpop([key], timeout=min(remaining, 5))
+                popped = await blocking.client.blpop([key], timeout=min(remaining, 5))
                 if popped is not None:
                     return result_from_blob(self.serializer.loads(popped[1]))
+        finally:
+            await blocking.close()
 
     def _ensure_reader(self) -> None:
         if self._reader is None or self._reader.done():
             self._reader = asyncio.get_running_loop().create_task(self._read_replies())
 
     async def _read_replies(self) -> None:
-        """Pop results off the shared reply list until no call waits for one."""
+        """Pop results off the shared reply list for as long as the transport is open."""
+        blocking = BlockingClient(self.shared)
         failures = 0
-        while self._waiting:
-            try:
-                async with dedicated(self.shared) as client:
-                    while self._waiting:
-                        popped = await client.blpop([self.reply_key], timeout=1)
-                        if popped is None:
-                            continue
-                        batch = [popped[1], *(await client.lpop(self.reply_key, 100) or ())]
-                        for data in batch:
-                            self._dispatch(data)
-                        failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                logger.warning("reading RPC results failed (%s); retrying", exc)
-                await asyncio.sleep(min(0.05 * 2 ** failures, 2.0))
+        try:
+            while True:
+                try:
+                    popped = await blocking.client.blmpop(
+                        1, 1, self.reply_key, direction="LEFT", count=100) \
+                        if self._has_blmpop else await self._blpop_many(blocking)
+                    failures = 0
+                except ResponseError as exc:
+                    if "unknown command" in str(exc).lower() and self._has_blmpop:
+                        self._has_blmpop = False
+                        continue
+                    raise
+                except (asyncio.CancelledError, GeneratorExit):
+                    raise
+                except Exception as exc:
+                    failures += 1
+                    await blocking.reset()
+                    logger.warning("reading RPC results from %s failed (%s); retrying",
+                                   redact(self.url), exc)
+                    await asyncio.sleep(min(0.05 * 2 ** failures, 2.0))
+                    continue
+                for data in (popped[1] if popped else ()):
+                    self._dispatch(data)
+        finally:
+            await blocking.close()
+
+    async def _blpop_many(self, blocking: BlockingClient) -> Any:
+        popped = await blocking.client.blpop([self.reply_key], timeout=1)
+        if popped is None:
+            return None
+        more = await blocking.client.lpop(self.reply_key, 100) or []
+        return popped[0], [popped[1], *more]
 
     def _dispatch(self, data: bytes) -> None:
         try:

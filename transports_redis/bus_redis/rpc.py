@@ -12,10 +12,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from bus_core.messages import RpcMessage, rpc_to_blob
 from bus_core.transports import MalformedRpc, RpcConsumer, RpcTransport, decode_call
-from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport
-from bus_redis.connection import dedicated, redis_call
+from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
+from bus_redis.connection import BlockingClient, redis_call
 
 OPTIONS = {
     "type": "object",
@@ -36,28 +38,49 @@ def expiry_key(message_id: str) -> str:
     return f"rpc_expiry_key:{message_id}"
 
 
+# Atomic enqueue of a batch of calls: each call's expiry key is set with its push.
+# KEYS: queue1, expiry1, queue2, expiry2, ...   ARGV: ttl1, blob1, ttl2, blob2, ...
+ENQUEUE = """
+for i = 1, #KEYS, 2 do
+  redis.call('SET', KEYS[i + 1], '1', 'EX', ARGV[i])
+  redis.call('RPUSH', KEYS[i], ARGV[i + 1])
+end
+return #KEYS / 2
+"""
+
+# Claim a batch of popped calls: 1 for each whose expiry key still existed (and is now
+# deleted, so no other worker can claim it), 0 for expired ones.  KEYS: expiry keys.
+CLAIM = """
+local alive = {}
+for i, key in ipairs(KEYS) do alive[i] = redis.call('DEL', key) end
+return alive
+"""
+
+
 class RedisRpcTransport(RedisTransport, RpcTransport):
+    scripts = Scripts(enqueue=ENQUEUE, claim=CLAIM)
+
     def __init__(self, *, batch_size: int = 100, blocking_timeout: float = 5.0,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.batch_size = batch_size
         self.blocking_timeout = blocking_timeout
-        self._batcher: Batcher | None = None
+        self._batcher: Batcher[tuple[RpcMessage, bytes, int], Any] = Batcher(self._enqueue)
 
     async def call_rpc(self, message: RpcMessage, *, timeout: float) -> None:
         data = self.serializer.dumps(rpc_to_blob(message))
-        seconds = max(1, math.ceil(timeout))
-        if self._batcher is None:
-            self._batcher = Batcher(self, transaction=True)
-        batcher = self._batcher
-
-        def add(pipe: Any) -> int:
-            pipe.set(expiry_key(message.id), b"1", ex=seconds)
-            pipe.rpush(queue_key(message.api_name), data)
-            return 2
-
+        item = (message, data, max(1, math.ceil(timeout)))
         await redis_call(self.url, f"cannot send {message.canonical_name}()",
-                         lambda: batcher.submit(add))
+                         lambda: self._batcher.submit(item))
+
+    async def _enqueue(self, calls: list[tuple[RpcMessage, bytes, int]]) -> list[None]:
+        keys: list[str] = []
+        args: list[Any] = []
+        for message, data, seconds in calls:
+            keys += [queue_key(message.api_name), expiry_key(message.id)]
+            args += [seconds, data]
+        await self.scripts.run(self.redis, "enqueue", keys, args)
+        return [None] * len(calls)
 
     async def open_consumer(self, api_names: Sequence[str]) -> RpcConsumer:
         return RedisRpcConsumer(self, list(api_names))
@@ -67,43 +90,57 @@ class RedisRpcConsumer(RpcConsumer):
     def __init__(self, transport: RedisRpcTransport, api_names: list[str]) -> None:
         self.transport = transport
         self.keys = [queue_key(name) for name in api_names]
-        self._next = 0  # round-robin start for LPOP, so no API starves another
+        self._blocking = BlockingClient(transport.shared)
+        self._has_blmpop = True  # Redis 7 pops many in one command; older ones BLPOP + LPOP
+        self._next = 0  # round-robin start, so no API starves another
 
     async def receive(self, limit: int) -> Sequence[RpcMessage | MalformedRpc]:
-        transport = self.transport
-        limit = max(1, min(limit, transport.batch_size))
+        limit = max(1, min(limit, self.transport.batch_size))
         while True:
-            raw = await self._pop(limit)
-            if not raw:
-                continue
-            return await self._live(raw)
+            try:
+                raw = await self._pop(limit)
+            except BaseException:
+                await self._blocking.reset()  # a cancelled or failed read spoils the link
+                raise
+            if raw:
+                return await self._live(raw)
 
     async def _pop(self, limit: int) -> list[bytes]:
-        transport = self.transport
-        async with dedicated(transport.shared) as client:
-            popped = await client.blpop(self.keys, timeout=transport.blocking_timeout)
+        client = self._blocking.client
+        order = self.keys[self._next:] + self.keys[:self._next]
+        self._next = (self._next + 1) % len(self.keys)
+        timeout = self.transport.blocking_timeout
+        if self._has_blmpop:
+            try:
+                popped = await client.blmpop(timeout, len(order), *order, direction="LEFT",
+                                             count=limit)
+            except ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                self._has_blmpop = False
+            else:
+                return list(popped[1]) if popped else []
+        popped = await client.blpop(order, timeout=timeout)
         if popped is None:
             return []
         raw = [popped[1]]
-        order = self.keys[self._next:] + self.keys[:self._next]
-        self._next = (self._next + 1) % len(self.keys)
         for key in order:
             if len(raw) >= limit:
                 break
-            raw.extend(await transport.redis.lpop(key, limit - len(raw)) or ())
+            raw.extend(await client.lpop(key, limit - len(raw)) or ())
         return raw
 
+    async def close(self) -> None:
+        await self._blocking.close()
+
     async def _live(self, raw: list[bytes]) -> list[RpcMessage | MalformedRpc]:
-        """Decode calls and drop those whose expiry key is gone (DEL returns 0)."""
+        """Decode calls and drop those whose expiry key is gone (their caller gave up)."""
         serializer = self.transport.serializer
         decoded = [decode_call(serializer, data) for data in raw]
         calls = [item for item in decoded if isinstance(item, RpcMessage)]
         if not calls:
             return decoded
-        pipe = self.transport.redis.pipeline(transaction=False)
-        for call in calls:
-            pipe.delete(expiry_key(call.id))
-        alive = iter(await pipe.execute())
+        alive = iter(await self.transport.scripts.run(
+            self.transport.redis, "claim", [expiry_key(call.id) for call in calls], []))
         return [item for item in decoded
                 if not isinstance(item, RpcMessage) or next(alive) == 1]
-
