@@ -137,7 +137,8 @@ class EventConsumer(abc.ABC):
 
     @abc.abstractmethod
     async def receive(self, limit: int) -> Sequence[EventDelivery]:
-        """Wait for at least one delivery; return what is available now, at most `limit`."""
+        """Wait for deliveries; return what is available now, at most `limit` (an empty
+        list only after the transport recovered from a hiccup, such as a lost group)."""
 
     @abc.abstractmethod
     async def acknowledge(self, deliveries: Sequence[EventDelivery]) -> None:

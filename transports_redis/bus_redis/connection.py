@@ -47,7 +47,7 @@ class SharedClient:
             url,
             max_connections=max_connections,
             timeout=None,
-            socket_connect_timeout=5,
+            socket_connect_timeout=2,
             socket_timeout=socket_timeout,
             socket_keepalive=True,
             health_check_interval=30,

@@ -160,17 +160,19 @@ class RedisEventTransport(RedisTransport, EventTransport):
         group = self.group_name(listener_name)
         start = "$" if since is None else (
             stream_id_from_datetime(since) if isinstance(since, datetime) else str(since))
-
-        async def create_groups() -> None:
-            for stream in streams:
-                try:
-                    await self.redis.xgroup_create(stream, group, id=start, mkstream=True)
-                except ResponseError as exc:
-                    if "BUSYGROUP" not in str(exc):  # an existing group keeps its position
-                        raise
-
-        await redis_call(self.url, f"cannot join listener {listener_name!r}", create_groups)
+        await redis_call(self.url, f"cannot join listener {listener_name!r}",
+                         lambda: self.create_groups(streams, group, start))
         return RedisEventConsumer(self, streams, group)
+
+    async def create_groups(self, streams: Sequence[str], group: str, start: str) -> None:
+        """Create the group on each stream (and the stream, if need be); an existing group
+        keeps its position."""
+        for stream in streams:
+            try:
+                await self.redis.xgroup_create(stream, group, id=start, mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     async def history(self, api_name: str, event_name: str, start: datetime | None = None,
                       stop: datetime | None = None) -> AsyncIterator[EventMessage]:
@@ -231,6 +233,19 @@ class RedisEventConsumer(EventConsumer):
         self._blocking = BlockingClient(transport.shared)
 
     async def receive(self, limit: int) -> Sequence[EventDelivery]:
+        try:
+            return await self._receive(limit)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The stream or group vanished (a Redis restarted without persistence, or
+            # someone deleted it): join again from new events, then carry on.
+            logger.warning("consumer group %s is gone from Redis; creating it again",
+                           self.group)
+            await self.transport.create_groups(self.streams, self.group, "$")
+            return []
+
+    async def _receive(self, limit: int) -> Sequence[EventDelivery]:
         limit = max(1, min(limit, self.transport.batch_size))
         while True:
             deliveries = await self._due_retries(limit)
