@@ -18,6 +18,7 @@ import concurrent.futures
 import dataclasses
 import inspect
 import logging
+import sys
 import threading
 import traceback
 import typing
@@ -568,7 +569,7 @@ class BusClient:
                                            f"apis.{api_name}.event_fire_timeout")
         started = now()
         try:
-            await asyncio.wait_for(transport.send_event(message), timeout)
+            await _within(transport.send_event(message), timeout)
         except (TimeoutError, asyncio.TimeoutError):
             error = BusError(f"firing {where} was not accepted by the event transport within "
                              f"{timeout:g}s ({timeout_source})")
@@ -665,6 +666,16 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+if sys.version_info >= (3, 11):
+    async def _within(awaitable: Coroutine[Any, Any, T], seconds: float) -> T:
+        """Await with a time limit; asyncio.timeout makes no extra task, unlike wait_for."""
+        async with asyncio.timeout(seconds):
+            return await awaitable
+else:  # pragma: no cover - Python 3.10
+    async def _within(awaitable: Coroutine[Any, Any, T], seconds: float) -> T:
+        return await asyncio.wait_for(awaitable, seconds)
 
 
 def _timeout(bus_options: dict[str, Any] | None, default: float, setting: str

@@ -413,5 +413,19 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None,
         origin = os.fspath(source)
         document = read_document(origin, plugins)
     document = substitute_env(document, environ)
-    validate_document(document, config_schema(plugins), origin)
+    schema = config_schema(plugins)
+    validate_document(document, schema, origin)
+    _apply_plugin_defaults(document, schema)
     return Config(document, default_service_name=default_service_name)
+
+
+def _apply_plugin_defaults(document: dict[str, Any], schema: Mapping[str, Any]) -> None:
+    """Fill each plugin section present in the config with the `default`s its schema
+    declares (top-level keys), so plugins read their options without re-stating defaults."""
+    sections = schema["properties"]["plugins"]["properties"]
+    for name, section in (document.get("plugins") or {}).items():
+        properties = sections.get(name, {}).get("properties", {})
+        if isinstance(section, dict):
+            for key, prop in properties.items():
+                if isinstance(prop, Mapping) and "default" in prop and key not in section:
+                    section[key] = copy.deepcopy(prop["default"])

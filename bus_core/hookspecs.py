@@ -134,7 +134,8 @@ def bus_client_stopping(client: BusClient) -> None:
 def bus_worker_started(client: BusClient, worker: Worker) -> None:
     """A worker has started its consumers and is about to serve.
 
-    Runs after the ``@bus.client.on_start`` functions.
+    Runs after the ``@bus.client.on_start`` functions. An exception raised here aborts the
+    worker's start (a plugin that cannot do its job should not let the worker run without it).
 
     :param client: the bus client.
     :param worker: the worker: ``worker.api_names`` served, ``worker.listener_names``.

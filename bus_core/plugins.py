@@ -335,6 +335,18 @@ async def _settle(results: list[Any]) -> None:
             await result
 
 
+class _Done:
+    """An awaitable that is already finished: what a hook nobody implements returns."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Any:
+        return iter(())
+
+
+_DONE = _Done()
+
+
 class HookFacade:
     """Typed calls into the hooks, for kernel code. Hooks that no enabled plugin implements
     are skipped before any pluggy machinery runs (a dict lookup per message)."""
@@ -365,15 +377,21 @@ class HookFacade:
     def implemented(self, hook_name: str) -> bool:
         return hook_name in self._callers
 
-    async def _call(self, hook_name: str, **kwargs: Any) -> None:
-        caller = self._callers.get(hook_name)
-        if caller is not None:
-            await _settle(caller(**kwargs))
-
-    async def _observe(self, hook_name: str, **kwargs: Any) -> None:
+    def _call(self, hook_name: str, **kwargs: Any) -> Awaitable[None]:
         caller = self._callers.get(hook_name)
         if caller is None:
-            return
+            return _DONE  # no coroutine to build, schedule or await
+        return _settle(caller(**kwargs))
+
+    def _observe(self, hook_name: str, **kwargs: Any) -> Awaitable[None]:
+        caller = self._callers.get(hook_name)
+        if caller is None:
+            return _DONE
+        return self._observe_with(hook_name, caller, kwargs)
+
+    @staticmethod
+    async def _observe_with(hook_name: str, caller: Callable[..., list[Any]],
+                            kwargs: dict[str, Any]) -> None:
         try:
             await _settle(caller(**kwargs))
         except Exception:

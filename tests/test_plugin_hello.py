@@ -8,7 +8,6 @@ and validates its section, and its lifecycle and message-flow hooks run only whe
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -59,19 +58,6 @@ class Installed:
         return str(path)
 
 
-def _builds_wheels_offline() -> bool:
-    """Whether this venv's setuptools can build a wheel without build isolation: it can on
-    its own from 70.1 on, older ones need the `wheel` package."""
-    if importlib.util.find_spec("wheel") is not None:
-        return True
-    try:
-        version = metadata.version("setuptools")
-    except metadata.PackageNotFoundError:
-        return False
-    parts = [int(p) for p in version.split(".")[:2] if p.isdigit()]
-    return tuple(parts) >= (70, 1)
-
-
 @pytest.fixture(scope="module")
 def hello(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     """pip-install examples/plugin-hello once for the module's tests."""
@@ -83,11 +69,7 @@ def hello(tmp_path_factory: pytest.TempPathFactory) -> Installed:
                     ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     site = base / "site"
     command = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet",
-               "--disable-pip-version-check", "--target", str(site)]
-    if _builds_wheels_offline():
-        command.append("--no-build-isolation")
-    # else: pip fetches setuptools into an isolated build environment (needs PyPI); the
-    # workspace's dev extras should provide setuptools>=70.1 so this never happens.
+               "--disable-pip-version-check", "--no-build-isolation", "--target", str(site)]
     result = subprocess.run([*command, str(source)], capture_output=True, text=True,
                             timeout=180)
     if result.returncode != 0:

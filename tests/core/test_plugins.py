@@ -139,6 +139,20 @@ def test_bus_disabled_plugins_blocks_by_name(fake_site, monkeypatch):
         bus_core.create({"apis": {"default": {"rpc_transport": {"memory": {}}}}})
 
 
+def test_the_kernel_fills_in_defaults_from_a_plugins_schema(fake_site):
+    fake_distribution(fake_site, "bus-defaults", {"defaults": "bus_defaults"}, {"bus_defaults": (
+        "from bus_core import hookimpl\n@hookimpl\ndef bus_plugin_config_schema():\n"
+        "    return {'properties': {'interval': {'type': 'number', 'default': 60},\n"
+        "                           'name': {'type': 'string', 'default': 'x'}}}\n"
+    )})
+    bus = bus_core.create({"plugins": {"defaults": {"enabled": True, "name": "mine"}}})
+    try:
+        assert bus.client.config.plugin("defaults") == {"enabled": True, "name": "mine",
+                                                        "interval": 60}
+    finally:
+        bus.client.close()
+
+
 def test_a_plugin_without_a_config_schema_takes_no_options(fake_site):
     fake_distribution(fake_site, "bus-plain", {"plain": "bus_plain"}, {"bus_plain": (
         "from bus_core import hookimpl\n@hookimpl\ndef bus_worker_started(client, worker): ...\n"

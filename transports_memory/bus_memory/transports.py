@@ -260,6 +260,7 @@ class MemoryEventConsumer(EventConsumer):
                 with broker.lock:
                     for (stream, _), waiter in zip(self.subscriptions, waiters, strict=True):
                         stream.waiters.discard(waiter)
+            await asyncio.sleep(0)  # woken by one append: let the rest of a burst land too
 
     def _locate(self, delivery: EventDelivery) -> tuple[Stream, ConsumerGroup, int]:
         stream, group = self._by_stream[delivery.stream]
