@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bus_core.errors import TransportError
@@ -91,6 +91,9 @@ async def redis_call(url: str, what: str, call: Callable[[], Awaitable[T]]) -> T
     could not be done and where (password hidden)."""
     try:
         return await call()
+    except AuthenticationError as exc:  # a ConnectionError to redis-py, but not "unreachable"
+        raise TransportError(f"{what}: Redis at {redact(url)} refused the credentials ({exc}); "
+                             "check the user and password in the URL") from None
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise TransportError(f"{what}: Redis at {redact(url)} is unreachable ({exc})") from None
     except RedisError as exc:

@@ -27,6 +27,7 @@ from bus_redis.connection import BlockingClient, redis_call
 
 logger = logging.getLogger("bus.redis.event")
 METADATA_FIELDS = ("id", "api_name", "event_name", "version")
+SETTLE_POLL = 0.05  # seconds a read blocks at most while handed-out events are unsettled
 
 OPTIONS = {
     "type": "object",
@@ -231,6 +232,8 @@ class RedisEventConsumer(EventConsumer):
         self._next_reclaim = 0.0
         self._reclaim_cursor = dict.fromkeys(streams, "0-0")
         self._blocking = BlockingClient(transport.shared)
+        self._last_seen: dict[str, tuple[int, int]] = {}  # newest entry id read, per stream
+        self._outstanding: set[tuple[str, str]] = set()  # handed out, not yet settled
 
     async def receive(self, limit: int) -> Sequence[EventDelivery]:
         try:
@@ -239,10 +242,16 @@ class RedisEventConsumer(EventConsumer):
             if "NOGROUP" not in str(exc):
                 raise
             # The stream or group vanished (a Redis restarted without persistence, or
-            # someone deleted it): join again from new events, then carry on.
+            # someone deleted it): join again after the newest entry this consumer read, or
+            # from the start of a stream it never read. Not from "$": what was published
+            # between the restart and this rejoin would be skipped, never delivered.
             logger.warning("consumer group %s is gone from Redis; creating it again",
                            self.group)
-            await self.transport.create_groups(self.streams, self.group, "$")
+            for stream in self.streams:
+                seen = self._last_seen.get(stream)
+                await self.transport.create_groups(
+                    [stream], self.group, f"{seen[0]}-{seen[1]}" if seen else "0")
+            self._reclaim_cursor = dict.fromkeys(self.streams, "0-0")
             return []
 
     async def _receive(self, limit: int) -> Sequence[EventDelivery]:
@@ -258,6 +267,7 @@ class RedisEventConsumer(EventConsumer):
             if not deliveries:
                 deliveries = await self._read(limit, ">", block=self._block_ms())
             if deliveries:
+                self._outstanding.update((d.stream, d.native_id) for d in deliveries)
                 return deliveries
 
     def _block_ms(self) -> int:
@@ -265,6 +275,10 @@ class RedisEventConsumer(EventConsumer):
         until = min([self._next_reclaim, *(due for due, _ in self._retries.values())],
                     default=now + self.transport.blocking_timeout)
         seconds = min(max(until - now, 0.001), self.transport.blocking_timeout)
+        if self._outstanding:
+            # A handler may fail meanwhile and ask for a redelivery, which only a new read
+            # would notice: wake up soon rather than after the whole blocking_timeout.
+            seconds = min(seconds, SETTLE_POLL)
         return max(1, int(seconds * 1000))
 
     async def _read(self, limit: int, position: str, block: int | None) -> list[EventDelivery]:
@@ -304,6 +318,7 @@ class RedisEventConsumer(EventConsumer):
             stream = _text(raw_stream)
             for raw_id, fields in entries:
                 entry_id = _text(raw_id)
+                self._saw(stream, entry_id)
                 delivery = self.transport.decode(stream, entry_id, fields,
                                                  counts.get((stream, entry_id), 1))
                 if delivery is None:
@@ -316,6 +331,15 @@ class RedisEventConsumer(EventConsumer):
                 pipe.xack(stream, self.group, entry_id)
             await pipe.execute()
         return deliveries
+
+    def _saw(self, stream: str, entry_id: str) -> None:
+        milliseconds, _, sequence = entry_id.partition("-")
+        try:
+            seen = (int(milliseconds), int(sequence or 0))
+        except ValueError:
+            return
+        if seen > self._last_seen.get(stream, (-1, -1)):
+            self._last_seen[stream] = seen
 
     async def _due_retries(self, limit: int) -> list[EventDelivery]:
         now = time.monotonic()
@@ -366,6 +390,7 @@ class RedisEventConsumer(EventConsumer):
         for delivery in deliveries:
             by_stream.setdefault(delivery.stream, []).append(delivery.native_id)
             self._retries.pop((delivery.stream, delivery.native_id), None)
+            self._outstanding.discard((delivery.stream, delivery.native_id))
 
         async def ack() -> None:
             pipe = self.transport.redis.pipeline(transaction=False)
@@ -380,6 +405,7 @@ class RedisEventConsumer(EventConsumer):
         # process die first, another consumer reclaims it after claim_idle.
         self._retries[(delivery.stream, delivery.native_id)] = (
             time.monotonic() + delay, delivery.delivery_count)
+        self._outstanding.discard((delivery.stream, delivery.native_id))
 
     async def dead_letter(self, delivery: EventDelivery, reason: str) -> None:
         transport = self.transport
@@ -392,6 +418,7 @@ class RedisEventConsumer(EventConsumer):
             "bus_dead_time": datetime.now(timezone.utc).isoformat(),
         })
         self._retries.pop((delivery.stream, delivery.native_id), None)
+        self._outstanding.discard((delivery.stream, delivery.native_id))
 
         async def move() -> None:
             pipe = transport.redis.pipeline(transaction=True)
@@ -405,5 +432,6 @@ class RedisEventConsumer(EventConsumer):
     async def close(self) -> None:
         # Entries still held stay pending; after claim_idle another consumer reclaims them.
         self._retries.clear()
+        self._outstanding.clear()
         await self._blocking.close()
 

@@ -8,7 +8,6 @@ it has room for, and deletes each call's expiry key: a call whose key is gone ha
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,11 +37,14 @@ def expiry_key(message_id: str) -> str:
     return f"rpc_expiry_key:{message_id}"
 
 
-# Atomic enqueue of a batch of calls: each call's expiry key is set with its push.
-# KEYS: queue1, expiry1, queue2, expiry2, ...   ARGV: ttl1, blob1, ttl2, blob2, ...
+# Atomic enqueue of a batch of calls: each call's expiry key is set with its push. The TTL
+# is in milliseconds, exactly the caller's timeout: once the caller gives up, no worker can
+# claim the call (whole seconds, as Lightbus sends, would let a 0.5 s call run up to 0.5 s
+# after its caller raised RpcTimeout). Lightbus workers only DEL the key, so PX is as good.
+# KEYS: queue1, expiry1, queue2, expiry2, ...   ARGV: ttl1 (ms), blob1, ttl2 (ms), blob2, ...
 ENQUEUE = """
 for i = 1, #KEYS, 2 do
-  redis.call('SET', KEYS[i + 1], '1', 'EX', ARGV[i])
+  redis.call('SET', KEYS[i + 1], '1', 'PX', ARGV[i])
   redis.call('RPUSH', KEYS[i], ARGV[i + 1])
 end
 return #KEYS / 2
@@ -69,16 +71,16 @@ class RedisRpcTransport(RedisTransport, RpcTransport):
 
     async def call_rpc(self, message: RpcMessage, *, timeout: float) -> None:
         data = self.serializer.dumps(rpc_to_blob(message))
-        item = (message, data, max(1, math.ceil(timeout)))
+        item = (message, data, max(1, int(timeout * 1000)))
         await redis_call(self.url, f"cannot send {message.canonical_name}()",
                          lambda: self._batcher.submit(item))
 
     async def _enqueue(self, calls: list[tuple[RpcMessage, bytes, int]]) -> list[None]:
         keys: list[str] = []
         args: list[Any] = []
-        for message, data, seconds in calls:
+        for message, data, milliseconds in calls:
             keys += [queue_key(message.api_name), expiry_key(message.id)]
-            args += [seconds, data]
+            args += [milliseconds, data]
         await self.scripts.run(self.redis, "enqueue", keys, args)
         return [None] * len(calls)
 
