@@ -1,0 +1,75 @@
+"""TLS (rediss://) and ACL users: they work, and secrets stay out of errors and logs."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import bus_core
+from bus_core import TransportError
+from tests.apis import AuthApi
+from tests.redis.conftest import RedisServer, free_port, redis_config
+
+
+def _certificate(folder: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make a test certificate")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True)
+    return cert, key
+
+
+def _round_trip(url: str) -> bool:
+    server = bus_core.create(redis_config(url), service_name="secure")
+    caller = bus_core.create(redis_config(url), service_name="caller")
+    try:
+        server.client.register_api(AuthApi())
+        server.client.start_worker()
+        server.auth.user_registered.fire(username="a", email="b")  # leaves a stream behind
+        return bool(caller.auth.check_password(username="admin", password="secret"))
+    finally:
+        caller.client.close()
+        server.client.close()
+
+
+def test_tls_with_rediss_urls(tmp_path):
+    server = RedisServer(free_port(), tmp_path, tls=_certificate(tmp_path))
+    server.start()
+    try:
+        cert = server.tls[0]  # type: ignore[index]
+        assert _round_trip(f"{server.url}?ssl_ca_certs={cert}") is True
+    finally:
+        server.stop()
+
+
+def test_acl_user_with_password_and_database_number(tmp_path, caplog):
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    try:
+        with server.client() as admin:
+            admin.execute_command("ACL", "SETUSER", "orders", "on", ">pa55word", "~*", "&*",
+                                  "+@all")
+        good = f"redis://orders:pa55word@127.0.0.1:{server.port}/3"
+        assert _round_trip(good) is True
+        with server.client(db=3) as admin:
+            assert admin.dbsize() > 0  # the bus used database 3
+        bad = f"redis://orders:wrong-s3cret@127.0.0.1:{server.port}/3"
+        caller = bus_core.create(redis_config(bad, rpc_timeout=1), service_name="caller")
+        try:
+            with caplog.at_level(logging.DEBUG), pytest.raises(TransportError) as caught:
+                caller.auth.check_password(username="a", password="b")
+        finally:
+            caller.client.close()
+        assert "orders:***@" in str(caught.value)
+        assert "wrong-s3cret" not in str(caught.value)
+        assert all("wrong-s3cret" not in record.getMessage() for record in caplog.records)
+    finally:
+        server.stop()
