@@ -307,16 +307,23 @@ class Worker:
 
     # -- RPCs ------------------------------------------------------------------------------
 
-    async def _rpc_loop(self, loop: _Loop, consumer: RpcConsumer, limit: int) -> None:
+    async def _consume(self, loop: _Loop, consumer: RpcConsumer | EventConsumer, limit: int,
+                       handle: Callable[[Any], Awaitable[None]]) -> None:
+        """Receive what there is room for, hand each item to `handle` as a task; a received
+        batch is always dispatched whole (popped calls are ours alone; events not yet
+        settled would only wait for their redelivery)."""
         slots = _Slots(limit)
         while not self.stopping:
             free = await loop.wait_for(slots.wait())
             batch = await self._receive(loop, lambda n=free: consumer.receive(n))
             if batch is None:
                 return
-            for item in batch:  # popped calls are ours alone: run them all, even when stopping
+            for item in batch:
                 slots.take()
-                self._track(self._serve_rpc(item), slots.release)
+                self._track(handle(item), slots.release)
+
+    def _rpc_loop(self, loop: _Loop, consumer: RpcConsumer, limit: int) -> Awaitable[None]:
+        return self._consume(loop, consumer, limit, self._serve_rpc)
 
     async def _serve_rpc(self, item: RpcMessage | MalformedRpc) -> None:
         client = self.client
@@ -379,21 +386,14 @@ class Worker:
 
     # -- events ----------------------------------------------------------------------------
 
-    async def _event_loop(self, loop: _Loop, listener: Listener, consumer: EventConsumer,
-                          acker: _Acker) -> None:
+    def _event_loop(self, loop: _Loop, listener: Listener, consumer: EventConsumer,
+                    acker: _Acker) -> Awaitable[None]:
         first_api = self.client.config.api(listener.listen_for[0][0])
         ordered = first_api.ordered if listener.ordered is None else listener.ordered
         limit = 1 if ordered else (listener.max_concurrency or first_api.max_concurrent_events)
-        slots = _Slots(limit)
-        while not self.stopping:
-            free = await loop.wait_for(slots.wait())
-            batch = await self._receive(loop, lambda n=free: consumer.receive(n))
-            if batch is None:
-                return
-            for delivery in batch:
-                slots.take()
-                self._track(self._handle_event(listener, consumer, acker, delivery),
-                            slots.release)
+        return self._consume(loop, consumer, limit,
+                             lambda delivery: self._handle_event(listener, consumer, acker,
+                                                                 delivery))
 
     def _handler_kwargs(self, listener: Listener, message: EventMessage) -> dict[str, Any]:
         kwargs = message.kwargs

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from bus_memory import MemoryEventTransport, MemoryResultTransport, get_broker
+from bus_memory import MemoryResultTransport, get_broker
 
 from bus_core import Api, Bus, Event, EventMessage, RemoteError, RpcTimeout
 from bus_core.messages import RpcMessage
-from bus_core.worker import Worker
 from tests.apis import AuthApi
 from tests.conftest import memory_config
+from tests.helpers import event_transport, eventually, serving
 
 WAIT = 5.0
 QUIET = 0.1  # how long we watch for something that must not happen
@@ -38,28 +37,6 @@ class CounterApi(Api):
         return len(self.calls)
 
 
-@contextlib.asynccontextmanager
-async def serving(bus: Bus, **flags: bool) -> AsyncIterator[Worker]:
-    worker = bus.client.worker(**flags)
-    await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = WAIT) -> None:
-    """Wait until `predicate()` is true (for outcomes with nothing to await)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.002)
-
-
-async def event_transport(bus: Bus, api_name: str = "auth") -> MemoryEventTransport:
-    state = await bus.client.state()
-    transport: MemoryEventTransport = await state.transport("event", api_name)
-    return transport
 
 
 def with_event_options(broker: str, **options: Any) -> dict[str, Any]:
