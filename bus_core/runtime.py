@@ -82,3 +82,10 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
 
 async def settle(value: Awaitable[T] | T) -> T:
     return await value if inspect.isawaitable(value) else value  # type: ignore[return-value]
+
+
+def time_out(future: asyncio.Future[Any]) -> None:
+    """Fail `future` with TimeoutError unless it is done: a `loop.call_later` callback that
+    bounds a wait without the extra task `asyncio.wait_for` costs per call."""
+    if not future.done():
+        future.set_exception(TimeoutError())

@@ -20,6 +20,7 @@ from bus_core.messages import (
     result_to_blob,
     rpc_to_blob,
 )
+from bus_core.runtime import time_out
 from bus_core.transports import (
     EventConsumer,
     EventDelivery,
@@ -118,14 +119,13 @@ class MemoryResultTransport(_MemoryTransport, ResultTransport):
             if data is not None:
                 return result_from_blob(self.serializer.loads(data))
             assert waiter is not None
-            remaining = deadline - loop.time()
+            timer = loop.call_later(max(0.0, deadline - loop.time()), time_out, waiter)
             try:
-                if remaining <= 0:
-                    raise TimeoutError
-                await asyncio.wait_for(waiter, remaining)
-            except (TimeoutError, asyncio.TimeoutError):
+                await waiter
+            except TimeoutError:
                 raise TimeoutError(f"no result for {rpc_message.id}") from None
             finally:
+                timer.cancel()
                 broker.forget_result_waiter(key, waiter)
 
 

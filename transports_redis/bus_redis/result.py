@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 
 from bus_core.errors import BusError, MalformedMessage
 from bus_core.messages import ResultMessage, RpcMessage, result_from_blob, result_to_blob
+from bus_core.runtime import time_out
 from bus_core.transports import ResultTransport
 from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
 from bus_redis.connection import BlockingClient, redact, redis_call
@@ -39,11 +40,6 @@ OPTIONS = {
                                       "Lightbus's {api}.{rpc}:result:{id} key per call"},
     },
 }
-
-
-def _expire(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
 
 
 def key_of(return_path: str) -> str:
@@ -109,7 +105,7 @@ class RedisResultTransport(RedisTransport, ResultTransport):
         self._waiting[rpc_message.id] = future
         self._ensure_reader()
         # A timer rather than asyncio.wait_for: no extra task per call in flight.
-        timer = loop.call_later(timeout, _expire, future)
+        timer = loop.call_later(timeout, time_out, future)
         try:
             return await future
         finally:
