@@ -64,7 +64,7 @@ class RedisServer:
             try:
                 if client.ping():
                     break
-            except redis.exceptions.ResponseError:
+            except (redis.exceptions.ResponseError, redis.exceptions.AuthenticationError):
                 break  # up, but wants a password: that is for the test to use
             except redis.exceptions.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
