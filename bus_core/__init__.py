@@ -23,6 +23,7 @@ from bus_core.errors import (
     ConfigError,
     InvalidApi,
     InvalidArguments,
+    InvalidMessage,
     MalformedMessage,
     MessageTooLarge,
     PluginError,
@@ -42,7 +43,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Api", "Bus", "BusClient", "BusError", "Config", "ConfigError", "Event", "EventMessage",
-    "InvalidApi", "InvalidArguments", "MalformedMessage", "MessageTooLarge", "Parameter",
+    "InvalidApi", "InvalidArguments", "InvalidMessage", "MalformedMessage", "MessageTooLarge",
+    "Parameter",
     "PluginError", "PluginManager", "RemoteError", "ResultMessage", "RpcMessage", "RpcTimeout",
     "TransportError", "TransportNotFound", "UnknownApi", "UnknownEvent", "UnknownRpc",
     "WireError", "__version__", "create", "hookimpl",

@@ -534,6 +534,11 @@ class BusClient:
             error = remote_error(message, result)
             await self.hooks.after_rpc_call(self, message, None, error, now() - started)
             raise error
+        try:
+            await self.hooks.on_rpc_result_received(self, message, result.result)
+        except BaseException as exc:
+            await self.hooks.after_rpc_call(self, message, None, exc, now() - started)
+            raise
         await self.hooks.after_rpc_call(self, message, result.result, None, now() - started)
         if rpc is not None and rpc.return_type is not typing.Any:
             try:

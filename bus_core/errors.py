@@ -35,11 +35,18 @@ class InvalidArguments(BusError, TypeError):
     """Arguments that cannot be sent: positional, missing, or unknown parameters."""
 
 
-class WireError(BusError, ValueError):
+class InvalidMessage(BusError, ValueError):
+    """A message that can never be handled as it is (it fails its schema, cannot be cast,
+    lacks a field): refused before sending, and on receipt answered with an error (RPCs) or
+    dead-lettered at once, without retries (events). Plugins raise it (or a subclass) to
+    reject a message for good."""
+
+
+class WireError(InvalidMessage):
     """A value cannot be put on the wire, or a received value cannot be cast back."""
 
 
-class MalformedMessage(BusError):
+class MalformedMessage(InvalidMessage):
     """A received message lacks required fields or cannot be decoded."""
 
 

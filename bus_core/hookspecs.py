@@ -214,6 +214,30 @@ def bus_after_rpc_execution(
 
 
 @hookspec
+def bus_before_rpc_result_sent(client: BusClient, message: RpcMessage, result: Any) -> None:
+    """Worker side, after a call ran successfully and before its result is sent. Raise to
+    send the caller that error instead (e.g. the result does not match its schema).
+
+    :param client: the serving bus client.
+    :param message: the call.
+    :param result: the procedure's return value as a wire value.
+    :return: nothing; may be a coroutine.
+    """
+
+
+@hookspec
+def bus_on_rpc_result_received(client: BusClient, message: RpcMessage, result: Any) -> None:
+    """Caller side, when a successful result arrives, before it is returned. Raise to fail
+    the call with that error instead (e.g. the result does not match its schema).
+
+    :param client: the calling bus client.
+    :param message: the call that was sent.
+    :param result: the result as a wire value.
+    :return: nothing; may be a coroutine.
+    """
+
+
+@hookspec
 def bus_before_event_fire(client: BusClient, message: EventMessage) -> None:
     """Before an event is sent to the event transport. Raise to refuse the fire.
 

@@ -427,6 +427,16 @@ class HookFacade:
         return self._observe("bus_after_rpc_execution", client=client, message=message,
                              result=result, error=error, duration=duration)
 
+    def before_rpc_result_sent(self, client: BusClient, message: RpcMessage,
+                               result: Any) -> Awaitable[None]:
+        return self._call("bus_before_rpc_result_sent", client=client, message=message,
+                          result=result)
+
+    def on_rpc_result_received(self, client: BusClient, message: RpcMessage,
+                               result: Any) -> Awaitable[None]:
+        return self._call("bus_on_rpc_result_received", client=client, message=message,
+                          result=result)
+
     def before_event_fire(self, client: BusClient, message: EventMessage) -> Awaitable[None]:
         return self._call("bus_before_event_fire", client=client, message=message)
 

@@ -16,7 +16,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from bus_core.client import cast_kwargs, check_arguments, error_result
-from bus_core.errors import MalformedMessage, MessageTooLarge, UnknownApi, UnknownRpc, WireError
+from bus_core.errors import (
+    InvalidMessage,
+    MalformedMessage,
+    MessageTooLarge,
+    UnknownApi,
+    UnknownRpc,
+    WireError,
+)
 from bus_core.messages import EventMessage, ResultMessage, RpcMessage
 from bus_core.plugins import now
 from bus_core.transports import EventConsumer, EventDelivery, MalformedRpc, RpcConsumer
@@ -347,6 +354,7 @@ class Worker:
             check_arguments(where, rpc.parameters, rpc.accepts_extra, message.kwargs)
             kwargs = cast_kwargs(where, message.kwargs, hints)
             result = to_wire(await client.call_user_code(function, is_async, **kwargs))
+            await client.hooks.before_rpc_result_sent(client, message, result)
         except Exception as exc:
             error = exc
         await client.hooks.after_rpc_execution(client, message, result, error, now() - started)
@@ -459,7 +467,7 @@ class Worker:
     @staticmethod
     def _action_for(listener: Listener, api_config: Any, delivery: EventDelivery,
                     error: BaseException) -> str:
-        if isinstance(error, (WireError, MalformedMessage)):
+        if isinstance(error, InvalidMessage):
             return "dead_letter"  # retrying cannot fix a message that does not fit
         policy = listener.on_error or api_config.on_handler_error
         if policy == "redeliver" and delivery.delivery_count >= api_config.max_deliveries:

@@ -392,6 +392,55 @@ def test_refusing_execution_returns_the_error_to_the_caller(make_bus):
         server.auth.check_password(username="a", password="b")
 
 
+def test_result_hooks_can_refuse_a_result_on_either_side(make_bus):
+    seen: list[tuple[str, Any]] = []
+
+    class WorkerSide:
+        @hookimpl
+        def bus_before_rpc_result_sent(self, client: Any, message: Any, result: Any) -> None:
+            seen.append(("sent", result))
+            if result == "forbidden":
+                raise bus_core.InvalidMessage("result 'forbidden' is not allowed")
+
+    class CallerSide:
+        @hookimpl
+        async def bus_on_rpc_result_received(self, client: Any, message: Any,
+                                             result: Any) -> None:
+            seen.append(("received", result))
+            if result == "suspicious":
+                raise bus_core.InvalidMessage("caller refuses 'suspicious'")
+
+    server = make_bus(plugins=[WorkerSide()])
+    server.client.register_api(AuthApi())
+    server.client.start_worker()
+    caller = make_bus(plugins=[CallerSide()], service_name="caller")
+    assert caller.auth.slow_echo(value="fine") == "fine"
+    with pytest.raises(RemoteError, match="InvalidMessage: result 'forbidden' is not allowed"):
+        caller.auth.slow_echo(value="forbidden")
+    with pytest.raises(bus_core.InvalidMessage, match="caller refuses"):
+        caller.auth.slow_echo(value="suspicious")
+    assert ("sent", "fine") in seen and ("received", "fine") in seen
+    assert ("received", "forbidden") not in seen  # an error result is not a result
+
+
+def test_an_invalid_message_from_a_before_handling_hook_is_dead_lettered_at_once(make_bus):
+    class Validator:
+        @hookimpl
+        def bus_before_event_handling(self, client: Any, message: Any,
+                                      listener_name: str) -> None:
+            raise bus_core.InvalidMessage("fails its schema")
+
+    recorder = Recorder()
+    bus = make_bus(plugins=[Validator(), recorder], max_deliveries=5)
+    bus.client.register_api(AuthApi())
+    bus.auth.user_registered.listen(lambda e, **kw: None, listener_name="strict")
+    bus.client.start_worker()
+    bus.auth.user_registered.fire(username="a", email="b")
+    bus.client.stop_worker()
+    actions = [kw["action"] for name, kw in recorder.calls if name == "on_handler_error"]
+    assert actions == ["dead_letter"]
+
+
 def test_an_after_hook_that_raises_is_logged_not_raised(make_bus, caplog):
     class Clumsy:
         @hookimpl
