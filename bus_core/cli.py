@@ -210,7 +210,8 @@ def cmd_version(args: argparse.Namespace) -> int:
 # -- the parser ------------------------------------------------------------------------------
 
 
-def _common_options() -> argparse.ArgumentParser:
+def common_options() -> argparse.ArgumentParser:
+    """The options every subcommand takes (plugins use it for their nested actions)."""
     # Defaults are suppressed so that an option given to `bus plugins -c X list` is not
     # overwritten by the nested subcommand's own (absent) copy of it.
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
@@ -227,7 +228,7 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParser:
-    common = _common_options()
+    common = common_options()
     parser = argparse.ArgumentParser(
         prog="bus", description="Bus: RPCs and events between Python services.",
         epilog="Run `bus COMMAND --help` for a command's options.",

@@ -1,0 +1,117 @@
+"""`bus schema dump|load|show`: schemas on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import bus_core
+from bus_core.cli import CommandFailed, common_options, find_bus_module, load_bus
+from bus_core.client import Bus
+from bus_schema.store import read_schema_files
+
+
+def _bus(args: argparse.Namespace) -> Bus:
+    """The bus module's bus when there is one (its own APIs count), else a bare client."""
+    if args.bus or os.environ.get("BUS_MODULE") or find_bus_module(Path.cwd()):
+        return load_bus(args.bus)
+    return bus_core.create()
+
+
+def _store(bus: Bus) -> Any:
+    from bus_schema.plugin import store_for
+
+    return store_for(bus.client)
+
+
+def _render(schemas: dict[str, Any]) -> str:
+    return json.dumps(schemas, indent=2, sort_keys=True) + "\n"
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    bus = _bus(args)
+    try:
+        store = _store(bus)
+        bus.client.run_sync(store.load_remote())
+        schemas = store.known()
+    finally:
+        bus.client.close()
+    if not args.out:
+        sys.stdout.write(_render(schemas))
+        return 0
+    out = Path(args.out)
+    if out.is_dir() or args.out.endswith(("/", os.sep)):
+        out.mkdir(parents=True, exist_ok=True)
+        for name, schema in sorted(schemas.items()):
+            (out / f"{name}.json").write_text(_render({name: schema}))
+        print(f"wrote {len(schemas)} schema file(s) to {out}")
+    else:
+        out.write_text(_render(schemas))
+        print(f"wrote {len(schemas)} schema(s) to {out}")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    schemas = read_schema_files(args.source)
+    bus = _bus(args)
+    try:
+        ttl = args.ttl if args.ttl is not None else bus.client.config.bus["schema"]["ttl"]
+        bus.client.run_sync(_store(bus).store(schemas, ttl))
+    finally:
+        bus.client.close()
+    print(f"stored {len(schemas)} schema(s) on the schema transport"
+          f"{f' for {ttl:g}s' if ttl else ''}: {', '.join(sorted(schemas))}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    bus = _bus(args)
+    try:
+        store = _store(bus)
+        bus.client.run_sync(store.load_remote())
+        schema = store.get(args.api)
+        known = sorted(store.known())
+    finally:
+        bus.client.close()
+    if schema is None:
+        raise CommandFailed(f"no schema is known for API {args.api!r}; known: "
+                            f"{', '.join(known) or 'none'} (is a worker serving it running, "
+                            "on the same schema transport?)")
+    sys.stdout.write(_render({args.api: schema}))
+    return 0
+
+
+def _setup(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="schema_command", metavar="ACTION", required=True)
+    dump = actions.add_parser("dump", parents=[common_options()],
+                              help="write every known schema as JSON")
+    dump.add_argument("-o", "--out", metavar="FILE|DIR",
+                      help="a file, or a folder (one file per API); default: stdout")
+    dump.set_defaults(schema_handler=cmd_dump)
+    load = actions.add_parser("load", parents=[common_options()],
+                              help="publish recorded schemas on the schema transport")
+    load.add_argument("source", metavar="FILE|DIR", help="a schema file or a folder of them")
+    load.add_argument("-t", "--ttl", type=float, metavar="SECONDS",
+                      help="how long they live (default: bus.schema.ttl)")
+    load.set_defaults(schema_handler=cmd_load)
+    show = actions.add_parser("show", parents=[common_options()],
+                              help="print one API's schema")
+    show.add_argument("api", metavar="API", help="the API name, e.g. auth")
+    show.set_defaults(schema_handler=cmd_show)
+
+
+def _run(args: argparse.Namespace) -> int:
+    for name in ("config", "bus", "log_level"):
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    if args.config:
+        os.environ["BUS_CONFIG"] = args.config
+    return int(args.schema_handler(args))
+
+
+def register_commands(register: Any) -> None:
+    register("schema", "API schemas: dump, load, show", _setup, _run)

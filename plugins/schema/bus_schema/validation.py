@@ -1,0 +1,93 @@
+"""Validating values against schemas: a compiled validator on the hot path, jsonschema as
+the reference for verdicts it cannot give and for every error message."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import fastjsonschema
+import jsonschema
+
+from bus_core.errors import InvalidMessage
+
+logger = logging.getLogger("bus.schema")
+SHOWN_VALUE = 60
+
+
+class SchemaValidationError(InvalidMessage):
+    """A value does not match its schema. Says where (API, RPC or event, parameter), the
+    bad value (shortened) and what was expected."""
+
+    def __init__(self, where: str, path: str, value: Any, expected: str) -> None:
+        self.where = where
+        self.path = path
+        self.value = value
+        self.expected = expected
+        shown = repr(value)
+        if len(shown) > SHOWN_VALUE:
+            shown = shown[:SHOWN_VALUE - 3] + "..."
+        location = f" {path}" if path else ""
+        super().__init__(f"{where}{location}: {shown} does not match the schema: {expected}")
+
+
+class CompiledSchema:
+    """One schema, ready to check values quickly and explain failures well."""
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        self.schema = schema
+        self.reference = jsonschema.Draft7Validator(schema)
+        try:
+            # Formats and defaults are off: jsonschema checks no format by default, and a
+            # validator must not change the value it checks.
+            self._fast: Any = fastjsonschema.compile(schema, use_default=False,
+                                                     use_formats=False)
+        except Exception as exc:  # a schema fastjsonschema cannot compile: reference only
+            logger.debug("no compiled validator for %s: %s", schema.get("title"), exc)
+            self._fast = None
+
+    def is_valid(self, value: Any) -> bool:
+        if self._fast is not None:
+            try:
+                self._fast(value)
+                return True
+            except fastjsonschema.JsonSchemaValueException:
+                pass  # confirm (and explain) with the reference validator
+        return self.reference.is_valid(value)
+
+    def check(self, value: Any, where: str, parameters: bool) -> None:
+        """Raise SchemaValidationError unless `value` is valid."""
+        if self.is_valid(value):
+            return
+        error = jsonschema.exceptions.best_match(self.reference.iter_errors(value))
+        if error is None:  # the reference says valid after all: it decides
+            return
+        path = list(error.absolute_path)
+        names = _quoted(error.message)
+        if parameters and not path and error.validator == "required" and names:
+            raise SchemaValidationError(where, f"parameter {names[0]!r}", _MISSING,
+                                        "a required parameter is missing")
+        if parameters and not path and error.validator == "additionalProperties" and names:
+            raise SchemaValidationError(where, f"parameter {names[0]!r}",
+                                        error.instance.get(names[0]),
+                                        "no such parameter in the schema")
+        if parameters:
+            label = (f"parameter {path[0]!r}" + "".join(f"[{p!r}]" for p in path[1:])
+                     if path else "")
+        else:
+            label = "result" + "".join(f"[{p!r}]" for p in path)
+        raise SchemaValidationError(where, label, error.instance, error.message)
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "(missing)"
+
+
+_MISSING = _Missing()
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+def _quoted(message: str) -> list[str]:
+    return _QUOTED.findall(message)
