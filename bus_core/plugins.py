@@ -267,9 +267,13 @@ class PluginManager:
                 enabled.add(name)
             elif flag is False:
                 enabled.discard(name)
-        # Config sources and subcommands are used before (or without) any config.
-        enabled.update(owner for _, owner in self.config_sources.values())
-        enabled.update(entry.plugin_name for entry in self.commands.values())
+        # Config sources and subcommands work before (or without) any config: a plugin that
+        # only provides those is in use as soon as it is installed. One that also has
+        # lifecycle or message-flow hooks still waits for `enabled: true`.
+        providers = {owner for _, owner in self.config_sources.values()}
+        providers.update(entry.plugin_name for entry in self.commands.values())
+        enabled.update(name for name in providers
+                       if not set(self.infos[name].hooks) - hookspecs.REGISTRATION_HOOKS)
         for name, section in plugin_sections.items():
             if isinstance(section, Mapping) and section.get("enabled") is False:
                 enabled.discard(name)
