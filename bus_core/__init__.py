@@ -31,6 +31,7 @@ from bus_core.errors import (
     RpcTimeout,
     TransportError,
     TransportNotFound,
+    TransportUnavailable,
     UnknownApi,
     UnknownEvent,
     UnknownRpc,
@@ -46,7 +47,8 @@ __all__ = [
     "InvalidApi", "InvalidArguments", "InvalidMessage", "MalformedMessage", "MessageTooLarge",
     "Parameter",
     "PluginError", "PluginManager", "RemoteError", "ResultMessage", "RpcMessage", "RpcTimeout",
-    "TransportError", "TransportNotFound", "UnknownApi", "UnknownEvent", "UnknownRpc",
+    "TransportError", "TransportNotFound", "TransportUnavailable", "UnknownApi", "UnknownEvent",
+    "UnknownRpc",
     "WireError", "__version__", "create", "hookimpl",
 ]
 

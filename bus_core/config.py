@@ -420,12 +420,17 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None,
 
 
 def _apply_plugin_defaults(document: dict[str, Any], schema: Mapping[str, Any]) -> None:
-    """Fill each plugin section present in the config with the `default`s its schema
+    """Fill each installed plugin's section (present or not) with the `default`s its schema
     declares (top-level keys), so plugins read their options without re-stating defaults."""
     sections = schema["properties"]["plugins"]["properties"]
-    for name, section in (document.get("plugins") or {}).items():
-        properties = sections.get(name, {}).get("properties", {})
-        if isinstance(section, dict):
-            for key, prop in properties.items():
-                if isinstance(prop, Mapping) and "default" in prop and key not in section:
-                    section[key] = copy.deepcopy(prop["default"])
+    plugins = document.setdefault("plugins", {})
+    for name, section_schema in sections.items():
+        defaults = {key: copy.deepcopy(prop["default"])
+                    for key, prop in section_schema.get("properties", {}).items()
+                    if isinstance(prop, Mapping) and "default" in prop}
+        section = plugins.get(name)
+        if section is None and defaults:
+            plugins[name] = defaults  # absent: the plugin still reads its defaults
+        elif isinstance(section, dict):
+            for key, value in defaults.items():
+                section.setdefault(key, value)

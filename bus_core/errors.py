@@ -78,5 +78,10 @@ class TransportError(BusError):
     """A transport failed to deliver or receive (connection lost, backend refused)."""
 
 
+class TransportUnavailable(TransportError):
+    """The transport's backend cannot be reached right now (down, restarting, network):
+    worth retrying, unlike a refusal such as bad credentials."""
+
+
 class TransportNotFound(PluginError):
     """The config names a transport or serializer that no installed plugin provides."""

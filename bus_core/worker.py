@@ -9,6 +9,7 @@ acknowledged or dead-lettered by policy, and a transport failure is retried with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import traceback
@@ -20,6 +21,7 @@ from bus_core.errors import (
     InvalidMessage,
     MalformedMessage,
     MessageTooLarge,
+    TransportUnavailable,
     UnknownApi,
     UnknownRpc,
     WireError,
@@ -161,7 +163,9 @@ class Worker:
                 transport = await state.transport("rpc", api_name)
                 by_transport.setdefault(id(transport), (transport, []))[1].append(api_name)
             for transport, api_names in by_transport.values():
-                consumer = await transport.open_consumer(api_names)
+                consumer = await self._opened(f"RPCs of {', '.join(api_names)}",
+                                              lambda t=transport, n=api_names:
+                                              t.open_consumer(n))
                 self._consumers.append(consumer)
                 limit = min(client.config.api(n).max_concurrent_rpcs for n in api_names)
                 self._spawn_loop(f"rpcs:{','.join(api_names)}",
@@ -192,7 +196,9 @@ class Worker:
             by_transport.setdefault(id(transport), (transport, []))[1].append(
                 (api_name, event_name))
         for transport, pairs in by_transport.values():
-            consumer = await transport.open_consumer(pairs, listener.name, listener.since)
+            consumer = await self._opened(
+                f"listener {listener.name}",
+                lambda t=transport, p=pairs: t.open_consumer(p, listener.name, listener.since))
             self._consumers.append(consumer)
             acker = _Acker(consumer)
             self._ackers.append(acker)
@@ -200,6 +206,19 @@ class Worker:
                 f"listener:{listener.name}",
                 lambda loop, c=consumer, a=acker: self._event_loop(loop, listener, c, a),
             )
+
+    async def _opened(self, what: str, open_consumer: Callable[[], Awaitable[Any]]) -> Any:
+        """Open a consumer, waiting with backoff while the transport cannot be reached (a
+        worker started before its Redis comes up waits for it rather than exiting)."""
+        attempt = 0
+        while True:
+            try:
+                return await open_consumer()
+            except TransportUnavailable as exc:
+                delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
+                attempt += 1
+                logger.warning("%s cannot start yet (%s); retrying in %gs", what, exc, delay)
+                await asyncio.sleep(delay)
 
     def _spawn_loop(self, name: str, body: Callable[[_Loop], Awaitable[None]]) -> None:
         loop = _Loop(name)
@@ -255,17 +274,39 @@ class Worker:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Start, serve until `stop` is set or a listener fails with on_error=stop, stop."""
         self._run_waits = True
-        await self.start()
-        assert self._failed is not None
+        stopped = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        starting = asyncio.ensure_future(self.start())
         try:
+            if stopped is not None:  # a stop request may come while start waits for Redis
+                await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
+                if not starting.done():
+                    starting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await starting
+                    return
+            await starting
+            assert self._failed is not None
             waiters: list[asyncio.Future[Any]] = [self._failed]
-            if stop is not None:
-                waiters.append(asyncio.ensure_future(stop.wait()))
+            if stopped is not None:
+                waiters.append(stopped)
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters[1:]:
-                waiter.cancel()
         finally:
-            await self.stop()
+            if stopped is not None:
+                stopped.cancel()
+            if starting.done() and not starting.cancelled() and starting.exception() is None:
+                await self.stop()
+            else:
+                await self._abandon_start()
+
+    async def _abandon_start(self) -> None:
+        """A start that was cancelled or failed: close what it had opened."""
+        self.stopping = True
+        for loop in self._loops:
+            if loop.task is not None:
+                loop.task.cancel()
+        for consumer in self._consumers:
+            with contextlib.suppress(Exception):
+                await consumer.close()
 
     def fail(self, error: BaseException) -> None:
         """Stop the worker because of `error` (a listener with on_error='stop')."""

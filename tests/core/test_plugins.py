@@ -146,11 +146,14 @@ def test_the_kernel_fills_in_defaults_from_a_plugins_schema(fake_site):
         "                           'name': {'type': 'string', 'default': 'x'}}}\n"
     )})
     bus = bus_core.create({"plugins": {"defaults": {"enabled": True, "name": "mine"}}})
+    bare = bus_core.create({})
     try:
         assert bus.client.config.plugin("defaults") == {"enabled": True, "name": "mine",
                                                         "interval": 60}
+        assert bare.client.config.plugin("defaults") == {"name": "x", "interval": 60}
     finally:
         bus.client.close()
+        bare.client.close()
 
 
 def test_a_plugin_without_a_config_schema_takes_no_options(fake_site):

@@ -17,7 +17,7 @@ from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bus_core.errors import TransportError
+from bus_core.errors import TransportError, TransportUnavailable
 
 T = TypeVar("T")
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -28,14 +28,17 @@ _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...
 
 
 def redact(url: str) -> str:
-    """`url` with its password replaced by ***: what logs and errors may show."""
+    """`url` with its password (in the user part or a `password=` query) replaced by ***:
+    what logs and errors may show."""
     parts = urllib.parse.urlsplit(url)
-    if not parts.password:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    if parts.password:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
+    if "password" in parts.query.lower():
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        parts = parts._replace(query="&".join(
+            f"{k}=***" if k.lower() == "password" else f"{k}={v}" for k, v in query))
+    return urllib.parse.urlunsplit(parts)
 
 
 class SharedClient:
@@ -95,7 +98,8 @@ async def redis_call(url: str, what: str, call: Callable[[], Awaitable[T]]) -> T
         raise TransportError(f"{what}: Redis at {redact(url)} refused the credentials ({exc}); "
                              "check the user and password in the URL") from None
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise TransportError(f"{what}: Redis at {redact(url)} is unreachable ({exc})") from None
+        raise TransportUnavailable(f"{what}: Redis at {redact(url)} is unreachable ({exc})") \
+            from None
     except RedisError as exc:
         raise TransportError(f"{what}: Redis at {redact(url)} refused: {exc}") from None
 
@@ -111,8 +115,14 @@ class BlockingClient:
     @property
     def client(self) -> redis.Redis:
         if self._client is None:
-            self._client = redis.Redis(connection_pool=self.shared.pool,
-                                       single_connection_client=True)
+            # A connection of its own, outside the shared pool: a blocked read never takes a
+            # pooled connection away from the commands that need one (max_connections).
+            pool = self.shared.pool
+            kwargs = dict(pool.connection_kwargs)
+            kwargs["socket_timeout"] = None  # a blocked read is not a stalled server
+            own = redis.ConnectionPool(connection_class=pool.connection_class,
+                                       max_connections=1, **kwargs)
+            self._client = redis.Redis(connection_pool=own, single_connection_client=True)
         return self._client
 
     async def reset(self) -> None:
@@ -121,6 +131,7 @@ class BlockingClient:
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
+                await client.connection_pool.disconnect()
 
     async def close(self) -> None:
         await self.reset()

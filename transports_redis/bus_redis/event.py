@@ -11,6 +11,8 @@ moved to the dead-letter stream `<stream>:dead` with the error.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -163,7 +165,7 @@ class RedisEventTransport(RedisTransport, EventTransport):
             stream_id_from_datetime(since) if isinstance(since, datetime) else str(since))
         await redis_call(self.url, f"cannot join listener {listener_name!r}",
                          lambda: self.create_groups(streams, group, start))
-        return RedisEventConsumer(self, streams, group)
+        return RedisEventConsumer(self, streams, group, listen_for)
 
     async def create_groups(self, streams: Sequence[str], group: str, start: str) -> None:
         """Create the group on each stream (and the stream, if need be); an existing group
@@ -222,18 +224,22 @@ class RedisEventTransport(RedisTransport, EventTransport):
 class RedisEventConsumer(EventConsumer):
     """One listener's consumer on one or more streams."""
 
-    def __init__(self, transport: RedisEventTransport, streams: list[str], group: str) -> None:
+    def __init__(self, transport: RedisEventTransport, streams: list[str], group: str,
+                 wanted: Sequence[tuple[str, str]]) -> None:
         self.transport = transport
         self.streams = streams
         self.group = group
         self.consumer = transport.process_name
-        self._own_pending = True  # first, what this consumer held when it last stopped
+        # First, what this consumer held when it last stopped: read once, page by page.
+        self._pending_cursor: dict[str, str] | None = dict.fromkeys(streams, "0")
         self._retries: dict[tuple[str, str], tuple[float, int]] = {}  # -> (due at, count)
         self._next_reclaim = 0.0
         self._reclaim_cursor = dict.fromkeys(streams, "0-0")
         self._blocking = BlockingClient(transport.shared)
         self._last_seen: dict[str, tuple[int, int]] = {}  # newest entry id read, per stream
         self._outstanding: set[tuple[str, str]] = set()  # handed out, not yet settled
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.wanted: set[tuple[str, str]] = set(wanted)
 
     async def receive(self, limit: int) -> Sequence[EventDelivery]:
         try:
@@ -258,16 +264,17 @@ class RedisEventConsumer(EventConsumer):
         limit = max(1, min(limit, self.transport.batch_size))
         while True:
             deliveries = await self._due_retries(limit)
-            if not deliveries and self._own_pending:
-                deliveries = await self._read(limit, "0", block=None)
-                if not deliveries:
-                    self._own_pending = False
+            if not deliveries and self._pending_cursor is not None:
+                deliveries = await self._read_own_pending(limit)
             if not deliveries and time.monotonic() >= self._next_reclaim:
                 deliveries = await self._reclaim(limit)
             if not deliveries:
                 deliveries = await self._read(limit, ">", block=self._block_ms())
             if deliveries:
                 self._outstanding.update((d.stream, d.native_id) for d in deliveries)
+                if self._heartbeat is None:
+                    self._heartbeat = asyncio.get_running_loop().create_task(
+                        self._keep_claimed(), name=f"bus:heartbeat:{self.group}")
                 return deliveries
 
     def _block_ms(self) -> int:
@@ -281,23 +288,29 @@ class RedisEventConsumer(EventConsumer):
             seconds = min(seconds, SETTLE_POLL)
         return max(1, int(seconds * 1000))
 
-    async def _read(self, limit: int, position: str, block: int | None) -> list[EventDelivery]:
-        transport = self.transport
+    async def _read_own_pending(self, limit: int) -> list[EventDelivery]:
+        """The next page of entries this consumer held unacknowledged when it stopped."""
+        assert self._pending_cursor is not None
+        reply = await self.transport.redis.xreadgroup(self.group, self.consumer,
+                                                      self._pending_cursor, count=limit)
+        if not any(entries for _, entries in reply or ()):
+            self._pending_cursor = None
+            return []
+        for raw_stream, entries in reply:
+            if entries:
+                self._pending_cursor[_text(raw_stream)] = _text(entries[-1][0])
+        return await self._deliveries(reply, await self._delivery_counts(reply))
+
+    async def _read(self, limit: int, position: str, block: int) -> list[EventDelivery]:
+        """New entries (position ">"), waiting up to `block` ms on the blocking link."""
         streams = dict.fromkeys(self.streams, position)
-        if block is None:
-            reply = await transport.redis.xreadgroup(self.group, self.consumer, streams,
-                                                     count=limit)
-        else:
-            try:
-                reply = await self._blocking.client.xreadgroup(
-                    self.group, self.consumer, streams, count=limit, block=block)
-            except BaseException:
-                await self._blocking.reset()
-                raise
-        counts: dict[tuple[str, str], int] = {}
-        if position != ">" and reply:
-            counts = await self._delivery_counts(reply)
-        return await self._deliveries(reply or [], counts)
+        try:
+            reply = await self._blocking.client.xreadgroup(
+                self.group, self.consumer, streams, count=limit, block=block)
+        except BaseException:
+            await self._blocking.reset()
+            raise
+        return await self._deliveries(reply or [], {})
 
     async def _delivery_counts(self, reply: Any) -> dict[tuple[str, str], int]:
         pipe = self.transport.redis.pipeline(transaction=False)
@@ -319,18 +332,28 @@ class RedisEventConsumer(EventConsumer):
             for raw_id, fields in entries:
                 entry_id = _text(raw_id)
                 self._saw(stream, entry_id)
-                delivery = self.transport.decode(stream, entry_id, fields,
-                                                 counts.get((stream, entry_id), 1))
+                delivery = None if self._unwanted(fields) else self.transport.decode(
+                    stream, entry_id, fields, counts.get((stream, entry_id), 1))
                 if delivery is None:
                     skipped.append((stream, entry_id))
                 else:
                     deliveries.append(delivery)
-        if skipped:  # noop and trimmed entries: acknowledged at once, never handed out
+        if skipped:  # noop, trimmed and unwanted entries: acknowledged, never handed out
             pipe = self.transport.redis.pipeline(transaction=False)
             for stream, entry_id in skipped:
                 pipe.xack(stream, self.group, entry_id)
             await pipe.execute()
         return deliveries
+
+    def _unwanted(self, fields: dict[bytes, bytes] | None) -> bool:
+        """An entry of another event on a shared (per-API) stream: not this listener's,
+        even when it is malformed (its own listeners dead-letter it)."""
+        if not fields:
+            return False
+        api, event = fields.get(b"api_name"), fields.get(b"event_name")
+        if api is None or event is None:
+            return False
+        return (_text(api), _text(event)) not in self.wanted
 
     def _saw(self, stream: str, entry_id: str) -> None:
         milliseconds, _, sequence = entry_id.partition("-")
@@ -376,14 +399,35 @@ class RedisEventConsumer(EventConsumer):
                 continue
             cursor, entries = _text(reply[0]), reply[1]
             self._reclaim_cursor[stream] = cursor
+            # Our own handlers' entries are kept fresh by the heartbeat; should one slip
+            # through (a stalled loop), it is still being handled here: do not hand it out.
+            entries = [e for e in entries if (stream, _text(e[0])) not in self._outstanding]
             if entries:
                 gathered.append((stream, entries))
-                logger.info("reclaimed %d event(s) on %s from a silent consumer of %s",
-                            len(entries), stream, self.group)
+                logger.info("reclaimed %d event(s) on %s for %s, idle for over %gs (their "
+                            "consumer stopped or died)", len(entries), stream, self.group,
+                            transport.claim_idle)
         if not gathered:
             return []
         counts = await self._delivery_counts(gathered)
         return await self._deliveries(gathered, counts)
+
+    async def _keep_claimed(self) -> None:
+        """While handlers run, reset their entries' idle time (XCLAIM ... JUSTID, which
+        does not count as a delivery), so a slow handler's event is not reclaimed and run
+        again elsewhere: it is reclaimed only once this process stops answering."""
+        interval = self.transport.claim_idle / 3
+        while True:
+            await asyncio.sleep(interval)
+            by_stream: dict[str, list[str]] = {}
+            for stream, entry_id in list(self._outstanding):
+                by_stream.setdefault(stream, []).append(entry_id)
+            try:
+                for stream, ids in by_stream.items():
+                    await self.transport.redis.xclaim(stream, self.group, self.consumer, 0,
+                                                      ids, justid=True)
+            except Exception as exc:
+                logger.warning("refreshing in-flight events on %s failed: %s", self.group, exc)
 
     async def acknowledge(self, deliveries: Sequence[EventDelivery]) -> None:
         by_stream: dict[str, list[str]] = {}
@@ -433,5 +477,9 @@ class RedisEventConsumer(EventConsumer):
         # Entries still held stay pending; after claim_idle another consumer reclaims them.
         self._retries.clear()
         self._outstanding.clear()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._heartbeat
         await self._blocking.close()
 

@@ -1,13 +1,15 @@
 """RPC transport: calls on `{api}:rpc_queue` lists, guarded by `rpc_expiry_key:{id}`.
 
-A caller writes the expiry key and pushes the call in one MULTI/EXEC (calls made in the same
-loop turn share it). A worker BLPOPs every queue it serves, takes more with LPOP up to what
-it has room for, and deletes each call's expiry key: a call whose key is gone has expired
-(its caller gave up) and is dropped unseen. RPCs are at most once, as in Lightbus.
+A caller's call is pushed together with its expiry key (PX: the call's timeout) by one Lua
+script, atomically; calls made in the same loop turn share one script run. A worker pops up to
+what it has room for from every queue it serves in one BLMPOP (BLPOP + LPOP on Redis < 7),
+then claims them with one Lua script that DELs each expiry key: a call whose key is gone has
+expired (its caller gave up) and is dropped unseen. RPCs are at most once, as in Lightbus.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +29,9 @@ OPTIONS = {
         "blocking_timeout": {"type": "number", "exclusiveMinimum": 0},
     },
 }
+
+
+logger = logging.getLogger("bus.redis.rpc")
 
 
 def queue_key(api_name: str) -> str:
@@ -142,7 +147,12 @@ class RedisRpcConsumer(RpcConsumer):
         calls = [item for item in decoded if isinstance(item, RpcMessage)]
         if not calls:
             return decoded
-        alive = iter(await self.transport.scripts.run(
-            self.transport.redis, "claim", [expiry_key(call.id) for call in calls], []))
+        alive = dict(zip((call.id for call in calls), await self.transport.scripts.run(
+            self.transport.redis, "claim", [expiry_key(call.id) for call in calls], []),
+            strict=True))
+        for call in calls:
+            if alive[call.id] != 1:
+                logger.debug("dropped %s() call %s: it expired before a worker took it",
+                             call.canonical_name, call.id)
         return [item for item in decoded
-                if not isinstance(item, RpcMessage) or next(alive) == 1]
+                if not isinstance(item, RpcMessage) or alive[item.id] == 1]
