@@ -41,7 +41,7 @@ API_DEFAULTS: dict[str, Any] = {
     "result_transport": DEFAULT_TRANSPORT,
     "event_transport": DEFAULT_TRANSPORT,
     "max_concurrent_rpcs": 64,
-    "max_concurrent_events": 16,
+    "max_concurrent_events": 64,
     "ordered": False,
     "on_handler_error": "redeliver",
     "max_deliveries": 5,

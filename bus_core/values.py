@@ -24,6 +24,7 @@ from typing import Any
 from bus_core.errors import WireError
 
 _SCALARS = (str, int, float, bool, type(None))
+_EXACT = frozenset((str, int, float, bool))
 
 
 def to_wire(value: Any) -> Any:
@@ -81,6 +82,8 @@ def _fail(value: Any, hint: Any, reason: str = "") -> WireError:
 
 def from_wire(value: Any, hint: Any) -> Any:
     """Cast JSON data `value` to `hint`; unannotated (`Any`) values pass through unchanged."""
+    if type(value) is hint and hint in _EXACT:  # the common case: a str for a str
+        return value
     if hint is Any or hint is None or hint is typing.Any or hint is object:
         return value
     if hint is type(None):

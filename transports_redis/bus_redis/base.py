@@ -77,28 +77,37 @@ class RedisTransport(Transport):
 
 
 class Batcher(Generic[T, R]):
-    """Coalesces what is submitted in the same loop turn into one `flush(items)` call
-    (one round trip for many messages); each submitter awaits its own reply. A failed
-    flush fails everyone in that batch."""
+    """One round trip for many messages, without delaying a lone one.
+
+    When nothing is in flight, a submitter sends its item at once, itself (no task, no
+    extra loop turn). Items submitted while a send is in flight queue up and go together
+    in the next `flush(items)`. Each submitter gets its own reply; a failed flush fails
+    everyone in that batch."""
 
     def __init__(self, flush: Callable[[list[T]], Awaitable[Sequence[R]]],
                  max_batch: int = 500) -> None:
         self.flush = flush
         self.max_batch = max_batch
         self._queued: list[tuple[T, asyncio.Future[R]]] = []
-        self._flushing: asyncio.Task[None] | None = None
+        self._busy = False
 
-    def submit(self, item: T) -> asyncio.Future[R]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[R] = loop.create_future()
-        self._queued.append((item, future))
-        if self._flushing is None:
-            self._flushing = loop.create_task(self._run())
-        return future
-
-    async def _run(self) -> None:
+    async def submit(self, item: T) -> R:
+        if self._busy:
+            future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+            self._queued.append((item, future))
+            return await future
+        self._busy = True
         try:
-            await asyncio.sleep(0)  # let the rest of this loop turn add to the batch
+            (reply,) = await self.flush([item])
+        finally:
+            if self._queued:  # what queued meanwhile goes next, without holding us up
+                asyncio.get_running_loop().create_task(self._drain())
+            else:
+                self._busy = False
+        return reply
+
+    async def _drain(self) -> None:
+        try:
             while self._queued:
                 batch = self._queued[:self.max_batch]
                 del self._queued[:self.max_batch]
@@ -115,4 +124,4 @@ class Batcher(Generic[T, R]):
                     if not future.done():
                         future.set_result(reply)
         finally:
-            self._flushing = None
+            self._busy = False

@@ -149,8 +149,11 @@ class RedisEventTransport(RedisTransport, EventTransport):
         message.time = datetime_from_stream_id(message.native_id)
 
     async def _send_batch(self, events: list[tuple[str, dict[str, Any]]]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
         maxlen = self.max_stream_length or None
+        if len(events) == 1:  # a pipeline of one only costs more
+            stream, fields = events[0]
+            return [await self.redis.xadd(stream, fields, maxlen=maxlen, approximate=True)]
+        pipe = self.redis.pipeline(transaction=False)
         for stream, fields in events:
             pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
         return list(await pipe.execute())
@@ -437,6 +440,10 @@ class RedisEventConsumer(EventConsumer):
             self._outstanding.discard((delivery.stream, delivery.native_id))
 
         async def ack() -> None:
+            if len(by_stream) == 1:  # one stream: one XACK, no pipeline
+                ((stream, ids),) = by_stream.items()
+                await self.transport.redis.xack(stream, self.group, *ids)
+                return
             pipe = self.transport.redis.pipeline(transaction=False)
             for stream, ids in by_stream.items():
                 pipe.xack(stream, self.group, *ids)
