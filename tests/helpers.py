@@ -10,7 +10,7 @@ from typing import Any
 
 from bus_memory import MemoryEventTransport
 
-from bus_core import Bus
+from bus_core import Bus, EventMessage
 from bus_core.worker import Worker
 
 WAIT = 5.0  # upper bound for what must happen; never reached when it does
@@ -40,3 +40,38 @@ async def event_transport(bus: Bus, api_name: str = "auth") -> MemoryEventTransp
     state = await bus.client.state()
     transport: MemoryEventTransport = await state.transport("event", api_name)
     return transport
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = WAIT,
+               interval: float = 0.01) -> Any:
+    """Poll `check()` from sync code until it returns something truthy (for state in another
+    process or in Redis); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout}s for {what}; last value: {value!r}")
+        time.sleep(interval)
+
+
+class EventRecorder:
+    """An async event handler that records events and lets a test wait for a count."""
+
+    def __init__(self) -> None:
+        self.seen: list[EventMessage] = []
+        self._changed = asyncio.Event()
+
+    async def __call__(self, event: EventMessage, **kwargs: Any) -> None:
+        self.seen.append(event)
+        self._changed.set()
+
+    async def wait_for(self, count: int) -> list[EventMessage]:
+        async def wait() -> None:
+            while len(self.seen) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), WAIT)
+        return self.seen

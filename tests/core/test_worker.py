@@ -17,6 +17,7 @@ from bus_core import Api, Bus, Event, EventMessage, RemoteError, RpcTimeout
 from bus_core.messages import RpcMessage, rpc_to_blob
 from tests.apis import AuthApi
 from tests.conftest import memory_config
+from tests.helpers import EventRecorder as Recorder
 from tests.helpers import event_transport, eventually, serving
 
 WAIT = 5.0  # upper bound for what must happen; never reached when it does
@@ -93,25 +94,6 @@ def config_with(broker: str, bus: dict[str, Any] | None = None,
     return config
 
 
-class Recorder:
-    """An async event handler that records events and lets a test wait for a count."""
-
-    def __init__(self) -> None:
-        self.seen: list[EventMessage] = []
-        self._changed = asyncio.Event()
-
-    async def __call__(self, event: EventMessage, **kwargs: Any) -> None:
-        self.seen.append(event)
-        self._changed.set()
-
-    async def wait_for(self, count: int) -> list[EventMessage]:
-        async def wait() -> None:
-            while len(self.seen) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(wait(), WAIT)
-        return self.seen
 
 
 # -- RPC concurrency -------------------------------------------------------------------------

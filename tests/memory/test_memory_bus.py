@@ -15,6 +15,7 @@ from bus_core import Api, Bus, Event, EventMessage, RemoteError, RpcTimeout
 from bus_core.messages import RpcMessage
 from tests.apis import AuthApi
 from tests.conftest import memory_config
+from tests.helpers import EventRecorder as Recorder
 from tests.helpers import event_transport, eventually, serving
 
 WAIT = 5.0
@@ -45,25 +46,6 @@ def with_event_options(broker: str, **options: Any) -> dict[str, Any]:
     return config
 
 
-class Recorder:
-    """An async handler that records what it got and wakes whoever waits for a count."""
-
-    def __init__(self) -> None:
-        self.seen: list[EventMessage] = []
-        self._changed = asyncio.Event()
-
-    async def __call__(self, event: EventMessage, **kwargs: Any) -> None:
-        self.seen.append(event)
-        self._changed.set()
-
-    async def wait_for(self, count: int) -> list[EventMessage]:
-        async def wait() -> None:
-            while len(self.seen) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(wait(), WAIT)
-        return self.seen
 
 
 # -- fan-out and load sharing ----------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import queue
 import threading
-import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from bus_core import EventMessage, RemoteError
 from bus_core.default_plugins.json_serializer import JsonSerializer
 from bus_core.serialization import SizeLimitedSerializer
 from tests.apis import AuthApi, TypesApi
+from tests.helpers import wait_until
 from tests.redis.conftest import redis_config
 
 WAIT = 5.0  # upper bound for what must happen; never reached when it does
@@ -38,16 +38,6 @@ def lightbus_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True).encode()
 
 
-def wait_until(check: Callable[[], Any], what: str, timeout: float = WAIT,
-               interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout}s for {what}; last value: {value!r}")
-        time.sleep(interval)
 
 
 def config(url: str, *, event: dict[str, Any] | None = None,

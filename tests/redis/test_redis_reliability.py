@@ -26,6 +26,7 @@ import redis
 import bus_core
 from bus_core import Api, Bus, EventMessage, RpcTimeout, TransportError
 from tests.apis import AuthApi
+from tests.helpers import wait_until
 from tests.redis.conftest import RedisServer, redis_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,17 +38,6 @@ STREAM = "auth.*:stream"  # the per-API stream of AuthApi's events
 # -- helpers --------------------------------------------------------------------------------
 
 
-def wait_until(check: Callable[[], Any], what: str, timeout: float = WAIT,
-               interval: float = 0.01) -> Any:
-    """Poll `check()` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout}s for {what}; last value: {value!r}")
-        time.sleep(interval)
 
 
 def config(url: str, *, event: dict[str, Any] | None = None, **api_default: Any
