@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import urllib.parse
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -412,11 +413,38 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None,
     else:
         origin = os.fspath(source)
         document = read_document(origin, plugins)
-    document = substitute_env(document, environ)
+    document = _accept_lightbus_settings(substitute_env(document, environ), origin)
     schema = config_schema(plugins)
     validate_document(document, schema, origin)
     _apply_plugin_defaults(document, schema)
     return Config(document, default_service_name=default_service_name)
+
+
+# Settings of a Lightbus 1.x config that mean nothing to Bus: dropped with a warning, so an
+# existing config loads as it is. (path within the document; "*" is any API)
+LIGHTBUS_ONLY = (
+    ("bus", "schema", "human_readable"),
+    ("apis", "*", "cast_values"),
+    ("apis", "*", "event_listener_setup_timeout"),
+)
+
+
+def _accept_lightbus_settings(document: dict[str, Any], origin: str) -> dict[str, Any]:
+    bus = document.get("bus")
+    if isinstance(bus, dict) and isinstance(bus.get("log_level"), str):
+        bus["log_level"] = bus["log_level"].upper()  # Lightbus writes `info`
+    for first, second, key in LIGHTBUS_ONLY:
+        sections = document.get(first)
+        if not isinstance(sections, dict):
+            continue
+        names = list(sections) if second == "*" else [second]
+        for name in names:
+            section = sections.get(name)
+            if isinstance(section, dict) and key in section:
+                del section[key]
+                warnings.warn(f"{origin}: {first}.{name}.{key} is a Lightbus setting with no "
+                              "effect in Bus; ignored", UserWarning, stacklevel=3)
+    return document
 
 
 def _apply_plugin_defaults(document: dict[str, Any], schema: Mapping[str, Any]) -> None:

@@ -204,6 +204,15 @@ def test_unreachable_url_is_a_clear_error(manager):
         load_config(f"http://127.0.0.1:{port}/bus.yaml", manager, environ={})
 
 
+def test_lightbus_only_settings_load_with_a_warning(manager):
+    lightbus = {"bus": {"log_level": "info", "schema": {"human_readable": True, "ttl": 60}},
+                "apis": {"default": {"cast_values": True, "event_listener_setup_timeout": 1,
+                                     "rpc_timeout": 5, "validate": True}}}
+    with pytest.warns(UserWarning, match="apis.default.cast_values is a Lightbus setting"):
+        config = load_config(lightbus, manager, environ={})
+    assert config.bus["log_level"] == "INFO" and config.api("x").rpc_timeout == 5
+
+
 def test_lightbus_style_root_names_are_accepted(manager):
     config = load_config({"service_name": "legacy", "process_name": "p"}, manager, environ={})
     assert (config.service_name, config.process_name) == ("legacy", "p")
