@@ -25,7 +25,9 @@ from bus_core.errors import WireError
 from bus_core.values import to_wire
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
-DECIMAL_PATTERN = r"^-?\d+(\.\d+)?$"
+# Lightbus's pattern, plus the exponent `str(Decimal)` writes for very small or large values
+# ("1E-7", "1E+3"): a Decimal we send must pass the schema we publish for it.
+DECIMAL_PATTERN = r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$"
 
 _SIMPLE: dict[Any, dict[str, Any]] = {
     str: {"type": "string"},
@@ -77,6 +79,8 @@ def type_schema(hint: Any, _seen: frozenset[Any] = frozenset()) -> dict[str, Any
     if origin is typing.Literal:
         return _enum_schema([to_wire(v) for v in args])
     if origin is tuple:
+        if not hasattr(hint, "__args__"):  # bare typing.Tuple: any length, like `tuple`
+            return {"type": "array"}
         if len(args) == 2 and args[1] is Ellipsis:
             return {"type": "array", "items": type_schema(args[0], _seen)}
         if args == ((),):
@@ -186,6 +190,8 @@ def _dedupe(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- docstrings ------------------------------------------------------------------------------
 
 _SPHINX_PARAM = re.compile(r"^\s*:param\s+(?:[^:]+\s+)?(\w+):\s*(.*)$")
+_SECTIONS = {"Args:", "Arguments:", "Parameters:", "Returns:", "Return:", "Raises:",
+             "Yields:", "Example:", "Examples:", "Note:", "Notes:"}
 _GOOGLE_ARG = re.compile(r"^\s+(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
 
 
@@ -194,9 +200,12 @@ def describe(function: Callable[..., Any] | None) -> tuple[str | None, dict[str,
     doc = inspect.getdoc(function) if function is not None else None
     if not doc:
         return None, {}
-    summary = doc.split("\n\n", 1)[0].strip() or None
-    if summary and (summary.startswith(":param") or summary.startswith("Args:")):
-        summary = None
+    summary_lines: list[str] = []
+    for line in doc.splitlines():  # the first paragraph, up to a field list or section
+        if not line.strip() or line.strip().startswith(":") or line.strip() in _SECTIONS:
+            break
+        summary_lines.append(line.strip())
+    summary = " ".join(summary_lines) or None
     params: dict[str, str] = {}
     lines = doc.splitlines()
     in_args = False
@@ -261,8 +270,9 @@ def api_schema(api: Api | type[Api]) -> dict[str, Any]:
     for rpc in definition.rpcs.values():
         summary, notes = describe(getattr(cls, rpc.name, None))
         name = f"{definition.name}.{rpc.name}()"
-        response = type_schema(rpc.return_type)
-        response = {"$schema": DRAFT, "title": f"RPC {name} response", **response}
+        # The RPC's title wins over a returned record's own (e.g. "Address").
+        response = {**type_schema(rpc.return_type), "$schema": DRAFT,
+                    "title": f"RPC {name} response"}
         rpcs[rpc.name] = {
             "parameters": parameters_schema(f"RPC {name} parameters", rpc.parameters,
                                             rpc.accepts_extra, notes, summary),

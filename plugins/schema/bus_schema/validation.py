@@ -25,11 +25,25 @@ class SchemaValidationError(InvalidMessage):
         self.path = path
         self.value = value
         self.expected = expected
-        shown = repr(value)
-        if len(shown) > SHOWN_VALUE:
-            shown = shown[:SHOWN_VALUE - 3] + "..."
         location = f" {path}" if path else ""
-        super().__init__(f"{where}{location}: {shown} does not match the schema: {expected}")
+        super().__init__(f"{where}{location}: {shorten(value)} does not match the schema: "
+                         f"{expected}")
+
+
+def shorten(value: Any, limit: int = SHOWN_VALUE) -> str:
+    """repr(value), cut to `limit` characters."""
+    return _cut(repr(value), limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _expected(error: jsonschema.ValidationError) -> str:
+    """What the schema wanted, in jsonschema's words but without the whole bad value (its
+    messages quote it in full: a huge value must not end up in errors and logs)."""
+    message = error.message.replace(repr(error.instance), shorten(error.instance))
+    return _cut(message, 4 * SHOWN_VALUE)
 
 
 class CompiledSchema:
@@ -77,7 +91,7 @@ class CompiledSchema:
                      if path else "")
         else:
             label = "result" + "".join(f"[{p!r}]" for p in path)
-        raise SchemaValidationError(where, label, error.instance, error.message)
+        raise SchemaValidationError(where, label, error.instance, _expected(error))
 
 
 class _Missing:
