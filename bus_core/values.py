@@ -13,6 +13,7 @@ import collections.abc as _abc
 import dataclasses
 import datetime as dt
 import enum
+import json
 import math
 import types
 import typing
@@ -106,6 +107,21 @@ def from_wire(value: Any, hint: Any) -> Any:
     return _from_class(value, hint)
 
 
+def _key_from_wire(key: Any, hint: Any) -> Any:
+    """JSON object keys are always strings: `{1: ...}` arrives as `{"1": ...}`, so a key
+    that does not cast as it is gets a second try as the JSON it spells."""
+    try:
+        return from_wire(key, hint)
+    except WireError:
+        if not isinstance(key, str):
+            raise
+        try:
+            decoded = json.loads(key)
+        except ValueError:
+            raise WireError(f"object key {key!r} does not fit {hint}") from None
+        return from_wire(decoded, hint)
+
+
 def _from_union(value: Any, members: tuple[Any, ...]) -> Any:
     if value is None and type(None) in members:
         return None
@@ -125,6 +141,8 @@ def _from_generic(value: Any, origin: Any, args: tuple[Any, ...], hint: Any) -> 
         if not isinstance(value, list):
             raise _fail(value, hint, "a list")
         if origin is tuple:
+            if not args:  # a bare Tuple: any items
+                return tuple(value)
             if len(args) == 2 and args[1] is Ellipsis:
                 return tuple(from_wire(item, args[0]) for item in value)
             if args and len(args) != len(value):
@@ -137,7 +155,7 @@ def _from_generic(value: Any, origin: Any, args: tuple[Any, ...], hint: Any) -> 
         if not isinstance(value, dict):
             raise _fail(value, hint, "an object")
         key_hint, value_hint = args if len(args) == 2 else (Any, Any)
-        return {from_wire(k, key_hint): from_wire(v, value_hint) for k, v in value.items()}
+        return {_key_from_wire(k, key_hint): from_wire(v, value_hint) for k, v in value.items()}
     if origin is type:
         return value
     return value

@@ -370,19 +370,14 @@ def test_annotated_strings_become_descriptions() -> None:
         "type": "integer", "description": "how many"}
 
 
-# -- kernel gaps found on the way (bus_core.values; not the plugin's to fix) ------------------
+# -- kernel casts found on the way (bus_core.values) --------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="kernel bug: bus_core.values.from_wire casts a list to "
-                   "a bare typing.Tuple as () (zip with no type arguments drops every item)")
-def test_kernel_casts_back_a_bare_typing_tuple() -> None:
+def test_a_bare_typing_tuple_casts_back_with_its_items() -> None:
     assert from_wire([1, "a"], typing.Tuple) == (1, "a")  # noqa: UP006
 
 
-@pytest.mark.xfail(strict=True, reason="kernel bug: to_wire turns dict keys into strings, "
-                   "from_wire cannot cast them back to int (so wire_kwargs refuses every "
-                   "value of a dict[int, X] parameter), yet wire_problem accepts the hint")
-def test_kernel_round_trips_int_keyed_dicts() -> None:
+def test_int_keyed_dicts_round_trip() -> None:
     value = {1: "a", 2: "b"}
     assert verdicts(type_schema(dict[int, str]), wire(value)) == (True, True)
     assert from_wire(wire(value), dict[int, str]) == value
