@@ -307,6 +307,8 @@ class PluginManager:
         found = self.config_sources.get(scheme)
         return found[0] if found else None
 
+    tracing = False
+
     def enable_tracing(self) -> None:
         def before(hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
             logger.info("hook %s -> %s (%s)", hook_name,
@@ -317,6 +319,8 @@ class PluginManager:
                 logger.info("hook %s raised %r", hook_name, outcome.exception)
 
         self.pm.add_hookcall_monitoring(before, after)
+        self.tracing = True  # every call then goes through pluggy, which the monitor sees
+        self.hooks.refresh()
 
 
 def _owner(value: Any) -> str:
@@ -337,6 +341,23 @@ async def _settle(results: list[Any]) -> None:
     for result in results:
         if inspect.isawaitable(result):
             await result
+
+
+def _direct(impls: list[Any]) -> Callable[..., list[Any]]:
+    """Call plain hook implementations as pluggy would (last registered first, each with the
+    arguments it names, results that are not None collected, the first exception raised),
+    without pluggy's per-call machinery: these run for every message."""
+    plan = [(impl.function, tuple(impl.argnames)) for impl in reversed(impls)]
+
+    def call(**kwargs: Any) -> list[Any]:
+        results = []
+        for function, names in plan:
+            result = function(*[kwargs[name] for name in names])
+            if result is not None:
+                results.append(result)
+        return results
+
+    return call
 
 
 class _Done:
@@ -374,8 +395,12 @@ class HookFacade:
         callers: dict[str, Callable[..., list[Any]]] = {}
         for hook_name in self.GATED:
             caller = manager.pm.subset_hook_caller(hook_name, remove_plugins=blocked)
-            if caller.get_hookimpls():
-                callers[hook_name] = caller
+            impls = caller.get_hookimpls()
+            if not impls:
+                continue
+            wrapped = any(getattr(i, "hookwrapper", False) or getattr(i, "wrapper", False)
+                          for i in impls)
+            callers[hook_name] = caller if (wrapped or manager.tracing) else _direct(impls)
         self._callers = callers
 
     def implemented(self, hook_name: str) -> bool:
