@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from bus_core import hookimpl
@@ -48,16 +49,31 @@ def directions(setting: bool | dict[str, bool]) -> tuple[bool, bool]:
     return bool(setting), bool(setting)
 
 
-async def _check(client: BusClient, api_name: str, kind: str, name: str, part: str,
-                 value: Any, outgoing: bool, where: str) -> None:
+def _check(client: BusClient, api_name: str, kind: str, name: str, part: str,
+           value: Any, outgoing: bool, where: str) -> Awaitable[None] | None:
+    """Validate now, or return an awaitable when remote schemas must be (re)loaded first:
+    the per-message path builds no coroutine when it can help it."""
     api_config = client.config.api(api_name)
     wanted_out, wanted_in = directions(api_config.validate)
     if not (wanted_out if outgoing else wanted_in):
-        return
+        return None
     store = store_for(client)
-    if api_name not in client.apis and api_name not in store.files:
-        await store.ensure_loaded()
-    validator = store.validator(api_name, kind, name, part, api_config.strict_validation)
+    if api_name not in client.apis and api_name not in store.files and not store.fresh():
+        return _check_after_loading(store, api_config.strict_validation, api_name, kind, name,
+                                    part, value, where)
+    _validate(store, api_config.strict_validation, api_name, kind, name, part, value, where)
+    return None
+
+
+async def _check_after_loading(store: SchemaStore, strict: bool, api_name: str, kind: str,
+                               name: str, part: str, value: Any, where: str) -> None:
+    await store.ensure_loaded()
+    _validate(store, strict, api_name, kind, name, part, value, where)
+
+
+def _validate(store: SchemaStore, strict: bool, api_name: str, kind: str, name: str,
+              part: str, value: Any, where: str) -> None:
+    validator = store.validator(api_name, kind, name, part, strict)
     if validator is not None:
         validator.check(value, where, parameters=part == "parameters")
 
@@ -113,39 +129,39 @@ async def bus_worker_stopping(client: BusClient, worker: Worker) -> None:
 
 
 @hookimpl
-async def bus_before_rpc_call(client: BusClient, message: RpcMessage) -> None:
-    await _check(client, message.api_name, "rpcs", message.procedure_name, "parameters",
+def bus_before_rpc_call(client: BusClient, message: RpcMessage) -> Awaitable[None] | None:
+    return _check(client, message.api_name, "rpcs", message.procedure_name, "parameters",
                  message.kwargs, True, f"{message.canonical_name}()")
 
 
 @hookimpl
-async def bus_before_rpc_execution(client: BusClient, message: RpcMessage) -> None:
-    await _check(client, message.api_name, "rpcs", message.procedure_name, "parameters",
+def bus_before_rpc_execution(client: BusClient, message: RpcMessage) -> Awaitable[None] | None:
+    return _check(client, message.api_name, "rpcs", message.procedure_name, "parameters",
                  message.kwargs, False, f"{message.canonical_name}()")
 
 
 @hookimpl
-async def bus_before_rpc_result_sent(client: BusClient, message: RpcMessage,
-                                     result: Any) -> None:
-    await _check(client, message.api_name, "rpcs", message.procedure_name, "response",
+def bus_before_rpc_result_sent(client: BusClient, message: RpcMessage,
+                                     result: Any) -> Awaitable[None] | None:
+    return _check(client, message.api_name, "rpcs", message.procedure_name, "response",
                  result, True, f"{message.canonical_name}()")
 
 
 @hookimpl
-async def bus_on_rpc_result_received(client: BusClient, message: RpcMessage,
-                                     result: Any) -> None:
-    await _check(client, message.api_name, "rpcs", message.procedure_name, "response",
+def bus_on_rpc_result_received(client: BusClient, message: RpcMessage,
+                                     result: Any) -> Awaitable[None] | None:
+    return _check(client, message.api_name, "rpcs", message.procedure_name, "response",
                  result, False, f"{message.canonical_name}()")
 
 
 @hookimpl
-async def bus_before_event_fire(client: BusClient, message: EventMessage) -> None:
-    await _check(client, message.api_name, "events", message.event_name, "parameters",
+def bus_before_event_fire(client: BusClient, message: EventMessage) -> Awaitable[None] | None:
+    return _check(client, message.api_name, "events", message.event_name, "parameters",
                  message.kwargs, True, f"event {message.canonical_name}")
 
 
 @hookimpl
-async def bus_before_event_handling(client: BusClient, message: EventMessage,
-                                    listener_name: str) -> None:
-    await _check(client, message.api_name, "events", message.event_name, "parameters",
+def bus_before_event_handling(client: BusClient, message: EventMessage,
+                                    listener_name: str) -> Awaitable[None] | None:
+    return _check(client, message.api_name, "events", message.event_name, "parameters",
                  message.kwargs, False, f"event {message.canonical_name}")

@@ -81,6 +81,11 @@ class SchemaStore:
     def known(self) -> dict[str, dict[str, Any]]:
         return {**self.remote, **self.files, **self.local()}
 
+    def fresh(self) -> bool:
+        """Whether the remote schemas were loaded less than a refresh interval ago."""
+        return self._loaded_at is not None and \
+            time.monotonic() - self._loaded_at < self.refresh_interval
+
     async def ensure_loaded(self) -> None:
         """Load remote schemas on first use, and again once they are older than the
         refresh interval (concurrent callers share one load)."""
