@@ -96,7 +96,7 @@ def _setup(parser: argparse.ArgumentParser) -> None:
                               help="publish recorded schemas on the schema transport")
     load.add_argument("source", metavar="FILE|DIR", help="a schema file or a folder of them")
     load.add_argument("-t", "--ttl", type=float, metavar="SECONDS",
-                      help="how long they live (default: bus.schema.ttl)")
+                      help="how long they live (default: bus.schema.ttl; 0: no expiry)")
     load.set_defaults(schema_handler=cmd_load)
     show = actions.add_parser("show", parents=[common_options()],
                               help="print one API's schema")
