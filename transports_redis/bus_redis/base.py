@@ -77,12 +77,12 @@ class RedisTransport(Transport):
 
 
 class Batcher(Generic[T, R]):
-    """One round trip for many messages, without delaying a lone one.
+    """One round trip for many messages, without a task per batch.
 
-    When nothing is in flight, a submitter sends its item at once, itself (no task, no
-    extra loop turn). Items submitted while a send is in flight queue up and go together
-    in the next `flush(items)`. Each submitter gets its own reply; a failed flush fails
-    everyone in that batch."""
+    The first submitter while nothing is in flight leads: it lets the rest of the current
+    loop turn add their items (one `sleep(0)`), then sends them all with its own in one
+    `flush(items)` and hands out the replies. Items submitted while a send is in flight
+    queue up and go together next. A failed flush fails everyone in that batch."""
 
     def __init__(self, flush: Callable[[list[T]], Awaitable[Sequence[R]]],
                  max_batch: int = 500) -> None:
@@ -98,13 +98,25 @@ class Batcher(Generic[T, R]):
             return await future
         self._busy = True
         try:
-            (reply,) = await self.flush([item])
+            await asyncio.sleep(0)  # whoever else submits in this loop turn joins the batch
+            others = self._queued[:self.max_batch - 1]
+            del self._queued[:len(others)]
+            try:
+                replies = await self.flush([item, *(other for other, _ in others)])
+            except BaseException as exc:
+                for _, future in others:
+                    if not future.done():
+                        future.set_exception(exc)
+                raise
+            for (_, future), reply in zip(others, replies[1:], strict=True):
+                if not future.done():
+                    future.set_result(reply)
+            return replies[0]
         finally:
             if self._queued:  # what queued meanwhile goes next, without holding us up
                 asyncio.get_running_loop().create_task(self._drain())
             else:
                 self._busy = False
-        return reply
 
     async def _drain(self) -> None:
         try:
