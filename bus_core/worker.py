@@ -239,7 +239,7 @@ class Worker:
                 loop.task.cancel()
         loop_tasks = [loop.task for loop in self._loops if loop.task is not None]
         drain_timeout = float(client.config.bus["drain_timeout"])
-        if loop_tasks:  # loops busy dispatching finish their batch (RPCs) or drop it (events)
+        if loop_tasks:  # a loop busy dispatching a received batch finishes dispatching it
             await asyncio.wait(loop_tasks, timeout=drain_timeout)
         if self._inflight:
             logger.info("draining %d in-flight message(s)", len(self._inflight))
