@@ -105,11 +105,7 @@ def _setup(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    for name in ("config", "bus", "log_level"):
-        if not hasattr(args, name):
-            setattr(args, name, None)
-    if args.config:
-        os.environ["BUS_CONFIG"] = args.config
+    # `bus` has already applied the common options (--config -> BUS_CONFIG, defaults).
     return int(args.schema_handler(args))
 
 
