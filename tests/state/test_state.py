@@ -215,3 +215,16 @@ def test_the_table_has_one_row_per_process() -> None:
     assert lines[1].split() == ["auth", "auth-1", "h1", "11", "auth,auth.x", "0.2s", "ago",
                                 "alive"]
     assert lines[2].split() == ["auth", "auth-2", "h2", "12", "-", "2m05s", "ago", "gone"]
+
+
+async def test_announcements_pass_the_schema_plugins_validation(
+        make_bus, broker_name, caplog: pytest.LogCaptureFixture) -> None:
+    config = state_config(broker_name)
+    config["plugins"]["schema"] = {"enabled": True}
+    bus = make_bus(config=config)
+    with caplog.at_level(logging.WARNING, logger="bus.state"):
+        async with serving(bus):
+            pass
+    assert not caplog.records
+    assert [w.status for w in await read_workers(bus.client, window=10)] == ["stopped"]
+    await bus.client.close_async()
