@@ -1,15 +1,28 @@
-"""The metrics of one bus client: a `CollectorRegistry` of its own, the metric families, the
-label children cached per (API, name), the HTTP endpoint and the listener-lag refresher."""
+"""The metrics of one bus client: a `CollectorRegistry` of its own, the per-message
+counters, the HTTP endpoint and the listener-lag refresher.
+
+The per-message path does no locking and builds no label children: each thread that runs
+hooks of the client keeps its own slots (plain lists per (API, name[, listener])), and a
+collector sums the threads' slots into Prometheus families when the endpoint is scraped."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+import weakref
+from bisect import bisect_left
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 from bus_core import RpcTimeout
 from bus_core.errors import PluginError
@@ -34,60 +47,67 @@ DEFAULTS: dict[str, Any] = {
 EVENT_LABELS = ("service_name", "api_name", "event_name", "transport")
 LISTENER_LABELS = ("service_name", "api_name", "event_name", "listener_name", "transport")
 RPC_LABELS = ("service_name", "api_name", "procedure_name", "transport")
+RPC_SIDE_LABELS = (*RPC_LABELS, "side")
+
+# Slot layouts (one list per key and thread):
+FIRED_OK, FIRED_ERRORS = 0, 1
+HANDLED_COUNT, HANDLED_ERRORS, HANDLED_SUM, HANDLED_BUCKETS = 0, 1, 2, 3
+CALLED_COUNT, CALLED_ERRORS, CALLED_TIMEOUTS, CALLED_SUM, CALLED_BUCKETS = 0, 1, 2, 3, 4
+EXECUTED_COUNT, EXECUTED_ERRORS, EXECUTED_SUM, EXECUTED_BUCKETS = 0, 1, 2, 3
+
+
+class _Slots(threading.local):
+    """One thread's counts: `fired`, `handled`, `called`, `executed`, `dead`, by key."""
+
+    def __init__(self, shards: list[tuple[dict[Any, list[Any]], ...]],
+                 lock: threading.Lock) -> None:
+        self.fired: dict[tuple[str, str], list[int]] = {}
+        self.handled: dict[tuple[str, str, str], list[Any]] = {}
+        self.called: dict[tuple[str, str], list[Any]] = {}
+        self.executed: dict[tuple[str, str], list[Any]] = {}
+        self.dead: dict[tuple[str, str, str], list[int]] = {}
+        with lock:
+            shards.append((self.fired, self.handled, self.called, self.executed, self.dead))
+
+
+def _total(shards: Sequence[dict[Any, list[Any]]]) -> dict[Any, list[Any]]:
+    """Element-wise sums of the threads' slots, by key."""
+    totals: dict[Any, list[Any]] = {}
+    for shard in shards:
+        for key, slots in list(shard.items()):
+            found = totals.get(key)
+            if found is None:
+                totals[key] = list(slots)
+            else:
+                for i, value in enumerate(slots):
+                    found[i] += value
+    return totals
 
 
 class BusMetrics:
     """The Prometheus metrics of one bus client (two clients in a process never share any).
 
-    The per-message methods look their label children up in plain dicts keyed by
-    (API, name[, listener]) and call `.labels()` only the first time a key is seen."""
+    The per-message methods are plain functions: a thread-local look-up, a dict look-up by
+    (API, name[, listener]), a few list increments; labels are worked out once per key."""
 
     def __init__(self, client: BusClient, options: Mapping[str, Any] | None = None) -> None:
         settings = {**DEFAULTS, **(options or {})}
-        self.client = client
+        self._client = weakref.ref(client)  # the plugin's table must not keep it alive
+        self.config = client.config
         self.service_name = client.service_name
         self.prefix: str = settings["prefix"]
         self.host: str = settings["host"]
         self.port: int = int(settings["port"])
         self.lag_interval: float = float(settings["lag_interval"])
-        self.registry = CollectorRegistry(auto_describe=True)
-        buckets = tuple(float(b) for b in settings["buckets"])
-        p, reg = self.prefix, self.registry
-        self.events_fired = Counter(f"{p}events_fired", "Events accepted by the event "
-                                    "transport", EVENT_LABELS, registry=reg)
-        self.event_fire_errors = Counter(f"{p}event_fire_errors", "Events the event transport "
-                                         "did not accept (fire raised)", EVENT_LABELS,
-                                         registry=reg)
-        self.events_processed = Counter(f"{p}events_processed", "Events a listener's handler "
-                                        "ran for, successfully or not", LISTENER_LABELS,
-                                        registry=reg)
-        self.event_handling_seconds = Histogram(f"{p}event_handling_seconds", "Seconds a "
-                                                "listener's handler took", LISTENER_LABELS,
-                                                registry=reg, buckets=buckets)
-        self.listener_errors = Counter(f"{p}listener_errors", "Events whose handler raised "
-                                       "(or that were refused before it ran)", LISTENER_LABELS,
-                                       registry=reg)
-        self.dead_letters = Counter(f"{p}dead_letters", "Events a listener gave up on and "
-                                    "dead-lettered", LISTENER_LABELS, registry=reg)
-        self.listener_lag = Gauge(f"{p}listener_lag_events", "Events of the listener's "
-                                  "consumer group not yet acknowledged (unread + pending)",
-                                  LISTENER_LABELS, registry=reg)
-        self.rpcs_called = Counter(f"{p}rpcs_called", "RPC calls made (every outcome)",
-                                   RPC_LABELS, registry=reg)
-        self.rpcs_processed = Counter(f"{p}rpcs_processed", "RPC calls a worker executed "
-                                      "(every outcome)", RPC_LABELS, registry=reg)
-        self.rpc_seconds = Histogram(f"{p}rpc_seconds", "RPC duration: caller side from send "
-                                     "to outcome, worker side the execution",
-                                     (*RPC_LABELS, "side"), registry=reg, buckets=buckets)
-        self.rpc_errors = Counter(f"{p}rpc_errors", "RPCs that failed (timeouts excluded: see "
-                                  "rpc_timeouts)", (*RPC_LABELS, "side"), registry=reg)
-        self.rpc_timeouts = Counter(f"{p}rpc_timeouts", "RPC calls that got no result in "
-                                    "time", RPC_LABELS, registry=reg)
-        # label children, per key; filled on first sight of a key
-        self._fired: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._handled: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
-        self._called: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
-        self._executed: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self.bounds: list[float] = sorted(float(b) for b in settings["buckets"])
+        self._le = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        self._shard_lock = threading.Lock()
+        self._shards: list[tuple[dict[Any, list[Any]], ...]] = []
+        self._slots = _Slots(self._shards, self._shard_lock)
+        self._labels: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+        self._lag: dict[tuple[str, str, str], int] = {}
+        self.registry = CollectorRegistry()
+        self.registry.register(self)  # type: ignore[arg-type]  # a Collector by shape
         # the endpoint: one per client, shared by its running workers
         self._lock = threading.Lock()
         self._workers: set[Worker] = set()
@@ -98,92 +118,164 @@ class BusMetrics:
 
     # -- per message (sync, cheap) -------------------------------------------------------
 
-    def _transport(self, kind: str, api_name: str) -> str:
-        return self.client.config.api(api_name).transport(kind)[0]
+    def _new(self, table: dict[Any, list[Any]], kind: str, key: tuple[str, ...],
+             size: int) -> list[Any]:
+        """First sight of `key` on this thread: its zeroed slots (and its labels, once)."""
+        if (kind, key) not in self._labels:
+            transport = self.config.api(key[0]).transport(
+                "rpc" if kind in ("called", "executed") else "event")[0]
+            self._labels[(kind, key)] = (self.service_name, *key, transport)
+        slots = table[key] = [0] * size
+        return slots
 
     def event_fired(self, api_name: str, event_name: str, error: BaseException | None) -> None:
         """Count one fire (accepted, or refused when `error` is set)."""
-        children = self._fired.get((api_name, event_name))
-        if children is None:
-            labels = (self.service_name, api_name, event_name,
-                      self._transport("event", api_name))
-            children = self._fired[(api_name, event_name)] = (
-                self.events_fired.labels(*labels), self.event_fire_errors.labels(*labels))
-        children[0 if error is None else 1].inc()
+        table = self._slots.fired
+        slots = table.get((api_name, event_name))
+        if slots is None:
+            slots = self._new(table, "fired", (api_name, event_name), 2)
+        slots[FIRED_OK if error is None else FIRED_ERRORS] += 1
 
     def event_handled(self, api_name: str, event_name: str, listener_name: str,
                       error: BaseException | None, duration: float) -> None:
         """Count one handling of an event by a listener and observe its duration."""
+        table = self._slots.handled
         key = (api_name, event_name, listener_name)
-        children = self._handled.get(key)
-        if children is None:
-            labels = self._listener_labels(*key)
-            children = self._handled[key] = (
-                self.events_processed.labels(*labels),
-                self.event_handling_seconds.labels(*labels),
-                self.listener_errors.labels(*labels))
-        children[0].inc()
-        children[1].observe(duration)
+        slots = table.get(key)
+        if slots is None:
+            slots = self._new(table, "handled", key, HANDLED_BUCKETS + len(self._le))
+        slots[HANDLED_COUNT] += 1
+        slots[HANDLED_SUM] += duration
+        slots[HANDLED_BUCKETS + bisect_left(self.bounds, duration)] += 1
         if error is not None:
-            children[2].inc()
+            slots[HANDLED_ERRORS] += 1
 
     def dead_lettered(self, api_name: str, event_name: str, listener_name: str) -> None:
         """Count one event dead-lettered by a listener."""
-        self.dead_letters.labels(*self._listener_labels(api_name, event_name,
-                                                        listener_name)).inc()
+        table = self._slots.dead
+        key = (api_name, event_name, listener_name)
+        slots = table.get(key) or self._new(table, "dead", key, 1)
+        slots[0] += 1
 
     def rpc_called(self, api_name: str, procedure_name: str, error: BaseException | None,
                    duration: float) -> None:
         """Caller side: count one call and its outcome, observe its duration."""
+        table = self._slots.called
         key = (api_name, procedure_name)
-        children = self._called.get(key)
-        if children is None:
-            labels = (self.service_name, api_name, procedure_name,
-                      self._transport("rpc", api_name))
-            children = self._called[key] = (
-                self.rpcs_called.labels(*labels),
-                self.rpc_seconds.labels(*labels, "caller"),
-                self.rpc_errors.labels(*labels, "caller"),
-                self.rpc_timeouts.labels(*labels))
-        children[0].inc()
-        children[1].observe(duration)
+        slots = table.get(key)
+        if slots is None:
+            slots = self._new(table, "called", key, CALLED_BUCKETS + len(self._le))
+        slots[CALLED_COUNT] += 1
+        slots[CALLED_SUM] += duration
+        slots[CALLED_BUCKETS + bisect_left(self.bounds, duration)] += 1
         if error is not None:
-            children[3 if isinstance(error, RpcTimeout) else 2].inc()
+            slots[CALLED_TIMEOUTS if isinstance(error, RpcTimeout) else CALLED_ERRORS] += 1
 
     def rpc_executed(self, api_name: str, procedure_name: str, error: BaseException | None,
                      duration: float) -> None:
         """Worker side: count one execution and its outcome, observe its duration."""
+        table = self._slots.executed
         key = (api_name, procedure_name)
-        children = self._executed.get(key)
-        if children is None:
-            labels = (self.service_name, api_name, procedure_name,
-                      self._transport("rpc", api_name))
-            children = self._executed[key] = (
-                self.rpcs_processed.labels(*labels),
-                self.rpc_seconds.labels(*labels, "worker"),
-                self.rpc_errors.labels(*labels, "worker"))
-        children[0].inc()
-        children[1].observe(duration)
+        slots = table.get(key)
+        if slots is None:
+            slots = self._new(table, "executed", key, EXECUTED_BUCKETS + len(self._le))
+        slots[EXECUTED_COUNT] += 1
+        slots[EXECUTED_SUM] += duration
+        slots[EXECUTED_BUCKETS + bisect_left(self.bounds, duration)] += 1
         if error is not None:
-            children[2].inc()
+            slots[EXECUTED_ERRORS] += 1
 
-    def _listener_labels(self, api_name: str, event_name: str,
-                         listener_name: str) -> tuple[str, ...]:
-        return (self.service_name, api_name, event_name, listener_name,
-                self._transport("event", api_name))
+    # -- the collector ---------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        """The families, summed over the threads' slots (called by the registry per scrape)."""
+        with self._shard_lock:
+            shards = list(self._shards)
+        fired, handled, called, executed, dead = (
+            _total([shard[i] for shard in shards]) for i in range(5))
+        p, labels = self.prefix, self._labels
+
+        def counter(name: str, doc: str, names: Sequence[str]) -> CounterMetricFamily:
+            return CounterMetricFamily(p + name, doc, labels=names)
+
+        events_fired = counter("events_fired", "Events accepted by the event transport",
+                               EVENT_LABELS)
+        fire_errors = counter("event_fire_errors", "Events the event transport did not "
+                              "accept (fire raised)", EVENT_LABELS)
+        for key, slots in sorted(fired.items()):
+            events_fired.add_metric(labels[("fired", key)], slots[FIRED_OK])
+            fire_errors.add_metric(labels[("fired", key)], slots[FIRED_ERRORS])
+        processed = counter("events_processed", "Events a listener's handler ran for, "
+                            "successfully or not", LISTENER_LABELS)
+        handling = HistogramMetricFamily(p + "event_handling_seconds", "Seconds a listener's "
+                                         "handler took", labels=LISTENER_LABELS)
+        listener_errors = counter("listener_errors", "Events whose handler raised (or that "
+                                  "were refused before it ran)", LISTENER_LABELS)
+        for key, slots in sorted(handled.items()):
+            names = labels[("handled", key)]
+            processed.add_metric(names, slots[HANDLED_COUNT])
+            handling.add_metric(names, self._buckets(slots[HANDLED_BUCKETS:]),
+                                slots[HANDLED_SUM])
+            listener_errors.add_metric(names, slots[HANDLED_ERRORS])
+        dead_letters = counter("dead_letters", "Events a listener gave up on and "
+                               "dead-lettered", LISTENER_LABELS)
+        for key, slots in sorted(dead.items()):
+            dead_letters.add_metric(labels[("dead", key)], slots[0])
+        lag = GaugeMetricFamily(p + "listener_lag_events", "Events of the listener's "
+                                "consumer group not yet acknowledged (unread + pending)",
+                                labels=LISTENER_LABELS)
+        for key, value in sorted(self._lag.items()):
+            lag.add_metric(labels[("lag", key)], value)
+        rpcs_called = counter("rpcs_called", "RPC calls made (every outcome)", RPC_LABELS)
+        rpcs_processed = counter("rpcs_processed", "RPC calls a worker executed (every "
+                                 "outcome)", RPC_LABELS)
+        seconds = HistogramMetricFamily(p + "rpc_seconds", "RPC duration: caller side from "
+                                        "send to outcome, worker side the execution",
+                                        labels=RPC_SIDE_LABELS)
+        errors = counter("rpc_errors", "RPCs that failed (timeouts excluded: see "
+                         "rpc_timeouts)", RPC_SIDE_LABELS)
+        timeouts = counter("rpc_timeouts", "RPC calls that got no result in time",
+                           RPC_LABELS)
+        for key, slots in sorted(called.items()):
+            names = labels[("called", key)]
+            rpcs_called.add_metric(names, slots[CALLED_COUNT])
+            seconds.add_metric((*names, "caller"), self._buckets(slots[CALLED_BUCKETS:]),
+                               slots[CALLED_SUM])
+            errors.add_metric((*names, "caller"), slots[CALLED_ERRORS])
+            timeouts.add_metric(names, slots[CALLED_TIMEOUTS])
+        for key, slots in sorted(executed.items()):
+            names = labels[("executed", key)]
+            rpcs_processed.add_metric(names, slots[EXECUTED_COUNT])
+            seconds.add_metric((*names, "worker"), self._buckets(slots[EXECUTED_BUCKETS:]),
+                               slots[EXECUTED_SUM])
+            errors.add_metric((*names, "worker"), slots[EXECUTED_ERRORS])
+        yield from (events_fired, fire_errors, processed, handling, listener_errors,
+                    dead_letters, lag, rpcs_called, rpcs_processed, seconds, errors, timeouts)
+
+    def _buckets(self, counts: Sequence[int]) -> list[tuple[str, float]]:
+        """Cumulative (le, count) pairs from per-bucket counts."""
+        running = 0
+        pairs = []
+        for le, count in zip(self._le, counts, strict=True):
+            running += count
+            pairs.append((le, running))
+        return pairs
 
     # -- listener lag ----------------------------------------------------------------------
 
     async def refresh_lag(self, listener_names: Sequence[str]) -> None:
         """Ask the event transport how far each listener's consumer group is behind, for
         each event it listens to, and set the lag gauge."""
-        state = await self.client.state()
+        client = self._client()
+        if client is None:
+            return
+        state = await client.state()
         for listener_name in listener_names:
-            listener = self.client.listeners.get(listener_name)
+            listener = client.listeners.get(listener_name)
             if listener is None:
                 continue
             for api_name, event_name in listener.listen_for:
-                transport_name = self._transport("event", api_name)
+                transport_name = self.config.api(api_name).transport("event")[0]
                 if transport_name in self._lag_unsupported:
                     continue
                 transport = await state.transport("event", api_name)
@@ -195,8 +287,10 @@ class BusMetrics:
                                 self.prefix)
                     self._lag_unsupported.add(transport_name)
                     continue
-                self.listener_lag.labels(*self._listener_labels(
-                    api_name, event_name, listener_name)).set(lag)
+                key = (api_name, event_name, listener_name)
+                if ("lag", key) not in self._labels:
+                    self._labels[("lag", key)] = (self.service_name, *key, transport_name)
+                self._lag[key] = int(lag)
 
     async def _keep_lag_fresh(self, worker: Worker) -> None:
         """Refresh the lag gauge now, then every `lag_interval` seconds, while `worker` runs."""

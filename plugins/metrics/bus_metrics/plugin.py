@@ -15,6 +15,7 @@ label children, and the increments.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -30,15 +31,22 @@ if TYPE_CHECKING:
 
 PLUGIN_NAME = "metrics"
 
-_by_client: weakref.WeakKeyDictionary[Any, BusMetrics] = weakref.WeakKeyDictionary()
+# By id(client), dropped when the client is garbage-collected: cheaper per message than a
+# WeakKeyDictionary (which makes a weak reference per look-up).
+_by_client: dict[int, BusMetrics] = {}
+_making = threading.Lock()
 
 
 def metrics_for(client: BusClient) -> BusMetrics:
     """The metrics of `client` (made on first use, one per bus client)."""
-    metrics = _by_client.get(client)
+    metrics = _by_client.get(id(client))
     if metrics is None:
-        metrics = _by_client.setdefault(
-            client, BusMetrics(client, client.config.plugin(PLUGIN_NAME)))
+        with _making:
+            metrics = _by_client.get(id(client))
+            if metrics is None:
+                metrics = BusMetrics(client, client.config.plugin(PLUGIN_NAME))
+                _by_client[id(client)] = metrics
+                weakref.finalize(client, _by_client.pop, id(client), None)
     return metrics
 
 
@@ -93,14 +101,14 @@ async def bus_worker_stopping(client: BusClient, worker: Worker) -> None:
 @hookimpl
 def bus_after_event_fire(client: BusClient, message: EventMessage,
                          error: BaseException | None, duration: float) -> None:
-    (_by_client.get(client) or metrics_for(client)).event_fired(
+    (_by_client.get(id(client)) or metrics_for(client)).event_fired(
         message.api_name, message.event_name, error)
 
 
 @hookimpl
 def bus_after_event_handling(client: BusClient, message: EventMessage, listener_name: str,
                              error: BaseException | None, duration: float) -> None:
-    (_by_client.get(client) or metrics_for(client)).event_handled(
+    (_by_client.get(id(client)) or metrics_for(client)).event_handled(
         message.api_name, message.event_name, listener_name, error, duration)
 
 
@@ -115,12 +123,12 @@ def bus_on_handler_error(client: BusClient, message: RpcMessage | EventMessage,
 @hookimpl
 def bus_after_rpc_call(client: BusClient, message: RpcMessage, result: Any,
                        error: BaseException | None, duration: float) -> None:
-    (_by_client.get(client) or metrics_for(client)).rpc_called(
+    (_by_client.get(id(client)) or metrics_for(client)).rpc_called(
         message.api_name, message.procedure_name, error, duration)
 
 
 @hookimpl
 def bus_after_rpc_execution(client: BusClient, message: RpcMessage, result: Any,
                             error: BaseException | None, duration: float) -> None:
-    (_by_client.get(client) or metrics_for(client)).rpc_executed(
+    (_by_client.get(id(client)) or metrics_for(client)).rpc_executed(
         message.api_name, message.procedure_name, error, duration)
