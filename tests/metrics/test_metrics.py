@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -269,3 +270,28 @@ async def test_disabled_it_records_nothing(make_bus: Callable[..., Bus]) -> None
     assert id(bus.client) not in _by_client
     assert "metrics" in bus.client.plugins.infos
     assert not bus.client.plugins.infos["metrics"].enabled
+
+
+def test_counts_from_many_threads_add_up(broker_name: str) -> None:
+    bus = bus_core.create(with_metrics(memory_config(broker_name)), service_name="threads")
+    try:
+        metrics = metrics_for(bus.client)
+
+        def fire_many() -> None:
+            for _ in range(5_000):
+                metrics.event_fired("shop", "order_placed", None)
+                metrics.rpc_called("shop", "price", None, 0.002)
+
+        threads = [threading.Thread(target=fire_many) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        scrape = scrape_registry(bus)
+        assert scrape.value("bus_events_fired_total", event_name="order_placed") == 20_000
+        assert scrape.value("bus_rpc_seconds_count", side="caller") == 20_000
+        assert scrape.value("bus_rpc_seconds_bucket", le="0.0025") == 20_000
+        assert scrape.value("bus_rpc_seconds_bucket", le="0.001") == 0
+        assert scrape.value("bus_rpc_seconds_sum") == pytest.approx(40.0)
+    finally:
+        bus.client.close()
