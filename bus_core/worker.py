@@ -136,12 +136,17 @@ class Worker:
         self._failed: asyncio.Future[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._run_waits = False
+        self._served: list[str] | None = None
         self._stopper: asyncio.Task[None] | None = None
         self.started = False
 
     @property
     def api_names(self) -> list[str]:
-        return sorted(self.client.apis) if self.serve_rpcs else []
+        """The APIs whose RPCs this worker serves: those registered when it started (an API
+        a plugin registers later, only to fire its events, is not served)."""
+        if not self.serve_rpcs:
+            return []
+        return list(self._served) if self._served is not None else sorted(self.client.apis)
 
     @property
     def listener_names(self) -> list[str]:
@@ -157,9 +162,10 @@ class Worker:
         self._failed = self.loop.create_future()
         for function, is_async in client.start_functions:
             await client.call_user_code(function, is_async)
-        if self.serve_rpcs and client.apis:
+        self._served = sorted(client.apis)
+        if self.serve_rpcs and self._served:
             by_transport: dict[int, tuple[Any, list[str]]] = {}
-            for api_name in sorted(client.apis):
+            for api_name in self._served:
                 transport = await state.transport("rpc", api_name)
                 by_transport.setdefault(id(transport), (transport, []))[1].append(api_name)
             for transport, api_names in by_transport.values():

@@ -140,7 +140,7 @@ def test_bus_state_sees_a_worker_and_sees_it_gone_after_sigkill(
     assert bus_state("--check", "pinger_service")[0] == 1  # nobody yet
     worker = Running(["run", "-c", str(project / "bus.yaml")], cwd=project)
     try:
-        worker.wait_for("serving APIs [internal.state, pinger]")
+        worker.wait_for("serving APIs [pinger]")
         pid = worker.process.pid
         (row,) = bus_state.rows()  # worker_started is fired before "serving" is logged
         assert row["pid"] == pid and row["status"] == "alive"
@@ -171,7 +171,7 @@ def test_bus_state_sees_a_worker_and_sees_it_gone_after_sigkill(
 def test_bus_state_shows_a_worker_stopped_at_once_after_sigterm(
         project: Path, bus_state: InProcess) -> None:
     worker = Running(["run", "-c", str(project / "bus.yaml")], cwd=project)
-    worker.wait_for("serving APIs [internal.state, pinger]")
+    worker.wait_for("serving APIs [pinger]")
     pid = worker.process.pid
     assert bus_state.status_of(pid) == "alive"
     assert bus_state("--check", "pinger_service")[0] == 0
