@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 # Workspace members, installed editable in this order (each is its own distribution).
-MEMBERS = [".", "transports_memory", "transports_redis", "plugins/schema", "plugins/state"]
+MEMBERS = [".", "transports_memory", "transports_redis", "plugins/schema", "plugins/state",
+           "plugins/metrics"]
 STAMP = VENV / ".bus-installed"
 
 

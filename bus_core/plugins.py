@@ -407,22 +407,34 @@ class HookFacade:
         return hook_name in self._callers
 
     def _call(self, hook_name: str, **kwargs: Any) -> Awaitable[None]:
+        """Run the implementations now; only async ones leave something to await. An
+        exception propagates to the caller (a "before" hook refusing a message)."""
         caller = self._callers.get(hook_name)
         if caller is None:
             return _DONE  # no coroutine to build, schedule or await
-        return _settle(caller(**kwargs))
+        results = caller(**kwargs)
+        if not any(inspect.isawaitable(r) for r in results):
+            return _DONE
+        return _settle(results)
 
     def _observe(self, hook_name: str, **kwargs: Any) -> Awaitable[None]:
+        """As `_call`, but an exception is logged and swallowed (an "after" hook)."""
         caller = self._callers.get(hook_name)
         if caller is None:
             return _DONE
-        return self._observe_with(hook_name, caller, kwargs)
+        try:
+            results = caller(**kwargs)
+        except Exception:
+            logger.exception("a %s hook implementation raised; carrying on", hook_name)
+            return _DONE
+        if not any(inspect.isawaitable(r) for r in results):
+            return _DONE
+        return self._observe_with(hook_name, results)
 
     @staticmethod
-    async def _observe_with(hook_name: str, caller: Callable[..., list[Any]],
-                            kwargs: dict[str, Any]) -> None:
+    async def _observe_with(hook_name: str, results: list[Any]) -> None:
         try:
-            await _settle(caller(**kwargs))
+            await _settle(results)
         except Exception:
             logger.exception("a %s hook implementation raised; carrying on", hook_name)
 

@@ -185,7 +185,14 @@ class Worker:
                                  lambda loop, t=task: self._scheduled_loop(loop, t))
         self.started = True
         client.running_workers.append(self)
-        await client.hooks.worker_started(client, self)
+        try:
+            await client.hooks.worker_started(client, self)
+        except BaseException:
+            # A plugin refused to let the worker run (e.g. its port is taken): undo the
+            # start, and tell the plugins that did start, so they can release what they hold.
+            await self._abandon_start()
+            await client.hooks.worker_stopping(client, self)
+            raise
         logger.info("worker %s/%s serving APIs [%s], listeners [%s]", client.service_name,
                     client.process_name, ", ".join(self.api_names),
                     ", ".join(self.listener_names))
@@ -307,6 +314,8 @@ class Worker:
     async def _abandon_start(self) -> None:
         """A start that was cancelled or failed: close what it had opened."""
         self.stopping = True
+        if self in self.client.running_workers:
+            self.client.running_workers.remove(self)
         for loop in self._loops:
             if loop.task is not None:
                 loop.task.cancel()

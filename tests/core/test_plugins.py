@@ -549,3 +549,24 @@ def test_warning_for_annotations_that_cannot_be_resolved():
 def test_register_api_needs_an_instance(make_bus):
     with pytest.raises(InvalidArguments, match=r"register_api\(AuthApi\(\)\)"):
         make_bus().client.register_api(AuthApi)  # type: ignore[arg-type]
+
+
+def test_a_plugin_refusing_the_worker_start_leaves_nothing_running(make_bus):
+    stopped: list[str] = []
+
+    class Refuses:
+        @hookimpl
+        def bus_worker_started(self, client: Any, worker: Any) -> None:
+            raise OSError("port 9464 is taken")
+
+    class Holds:
+        @hookimpl
+        def bus_worker_stopping(self, client: Any, worker: Any) -> None:
+            stopped.append("released")
+
+    bus = make_bus(plugins=[Holds(), Refuses()])
+    bus.client.register_api(AuthApi())
+    with pytest.raises(OSError, match="port 9464 is taken"):
+        bus.client.start_worker()
+    assert bus.client.running_workers == []
+    assert stopped == ["released"]
