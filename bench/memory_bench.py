@@ -29,6 +29,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tables import HEADER, Row, format_table, legend
+
 import bus_core
 from bus_core import Api, Bus, Event, EventMessage, hookimpl
 
@@ -110,20 +112,6 @@ class Sizes:
     def quick(cls) -> Sizes:
         return cls(rpc_sync=500, rpc_async=1_000, rpc_concurrent=2_000, events=2_000,
                    fire=500, facade=10_000, repeats=1, rounds=6, warmup=100)
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One line of the table: operations per second of the bus case and of its baseline."""
-
-    case: str
-    bus_rate: float
-    baseline_rate: float
-    baseline: str
-
-    @property
-    def ratio(self) -> float:
-        return self.bus_rate / self.baseline_rate
 
 
 def rate(count: int, timings: list[float]) -> float:
@@ -441,23 +429,8 @@ def measure(sizes: Sizes) -> list[Row]:
     return rows
 
 
-def _rate(value: float) -> str:
-    return f"{value:,.0f}/s"
-
-
-def _micros(value: float) -> str:
-    return f"{1e6 / value:,.1f}"
-
-
 def render(rows: list[Row], sizes: Sizes, quick: bool, seconds: float) -> str:
     """The table, its legend, and the per-message hook cost."""
-    header = ("case", "bus", "baseline", "bus/base", "bus us/op", "base us/op", "base")
-    table = [header] + [
-        (row.case, _rate(row.bus_rate), _rate(row.baseline_rate), f"{row.ratio:.3f}",
-         _micros(row.bus_rate), _micros(row.baseline_rate), row.baseline)
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = [
         f"memory_bench{' --quick' if quick else ''}: Python {platform.python_version()} "
         f"on {platform.machine()}, {os.cpu_count()} CPU(s); median of {sizes.repeats} "
@@ -465,15 +438,8 @@ def render(rows: list[Row], sizes: Sizes, quick: bool, seconds: float) -> str:
         f"{seconds:.1f}s in all",
         "",
     ]
-    for n, line in enumerate(table):
-        cells = [line[0].ljust(widths[0])]
-        cells += [cell.rjust(width) for cell, width in zip(line[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells))
-        if n == 0:
-            lines.append("  ".join("-" * width for width in widths))
-    lines.append("")
-    lines.append("baselines (bus/base = bus rate / baseline rate; 1.0 would be free):")
-    lines += [f"  {key}  {text}" for key, text in BASELINES.items()]
+    lines += format_table(HEADER, [row.cells() for row in rows])
+    lines += legend(BASELINES)
     fire = next(r for r in rows if r.case.startswith("fire_async, trivial"))
     facade = next(r for r in rows if r.case.startswith("hook facade alone"))
     lines.append("")

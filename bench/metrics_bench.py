@@ -25,6 +25,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tables import HEADER, Row, format_table
+
 import bus_core
 from bus_core import Api, Bus, Event, EventMessage, hookimpl
 
@@ -62,20 +64,6 @@ class Sizes:
     @classmethod
     def quick(cls) -> Sizes:
         return cls(events=600, fire=600, rpc=400, facade=5_000, rounds=6, warmup=100)
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One line of the table: operations per second with the plugin and without."""
-
-    case: str
-    bus_rate: float
-    baseline_rate: float
-    baseline: str
-
-    @property
-    def ratio(self) -> float:
-        return self.bus_rate / self.baseline_rate
 
 
 class NoOpObservers:
@@ -203,35 +191,15 @@ async def alternating(sizes: Sizes) -> list[Row]:
     return rows
 
 
-def _rate(value: float) -> str:
-    return f"{value:,.0f}/s"
-
-
-def _micros(value: float) -> str:
-    return f"{1e6 / value:,.1f}"
-
-
 def render(rows: list[Row], sizes: Sizes, quick: bool, seconds: float) -> str:
     """The table, its legend, and the verdict on the 10% goal."""
-    header = ("case", "bus", "baseline", "bus/base", "bus us/op", "base us/op", "base")
-    table = [header] + [
-        (row.case, _rate(row.bus_rate), _rate(row.baseline_rate), f"{row.ratio:.3f}",
-         _micros(row.bus_rate), _micros(row.baseline_rate), row.baseline)
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = [
         f"metrics_bench{' --quick' if quick else ''}: Python {platform.python_version()} "
         f"on {platform.machine()}, {os.cpu_count()} CPU(s); median of {sizes.rounds} "
         f"alternating rounds per figure; {seconds:.1f}s in all",
         "",
     ]
-    for n, line in enumerate(table):
-        cells = [line[0].ljust(widths[0])]
-        cells += [cell.rjust(width) for cell, width in zip(line[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells))
-        if n == 0:
-            lines.append("  ".join("-" * width for width in widths))
+    lines += format_table(HEADER, [row.cells() for row in rows])
     lines += [
         "",
         "baselines (bus/base = bus rate / baseline rate; 1.0 would be free):",

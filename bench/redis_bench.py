@@ -51,7 +51,9 @@ from typing import Any
 
 import redis
 import redis_roles
+import tables
 from redis_roles import BATCH, CONCURRENCY
+from tables import HEADER, format_table, legend
 
 REPLY_TIMEOUT = 120.0  # seconds to wait for a role's answer before giving up
 PROFILED_OPS: dict[str, int] = {}  # operations each profile label covered (warm-up included)
@@ -84,21 +86,13 @@ class Sizes:
 
 
 @dataclasses.dataclass(frozen=True)
-class Row:
-    """One line of the table: operations per second of the bus and of its raw baseline
-    (for the sequential RPC row, 1 / p50 latency), and the issue's target."""
+class Row(tables.Row):
+    """A table row (for the sequential RPC row the rates are 1 / p50 latency) with the
+    issue's target."""
 
-    case: str
-    bus_rate: float
-    baseline_rate: float
-    baseline: str
-    target: str
-    met: bool
+    target: str = ""
+    met: bool = False
     note: str = ""
-
-    @property
-    def ratio(self) -> float:
-        return self.bus_rate / self.baseline_rate
 
 
 # -- redis-server -----------------------------------------------------------------------------
@@ -351,41 +345,17 @@ BASELINES = {
 }
 
 
-def _rate(value: float) -> str:
-    return f"{value:,.0f}/s"
-
-
-def _micros(value: float) -> str:
-    return f"{1e6 / value:,.1f}"
-
-
 def render(rows: list[Row], sizes: Sizes, quick: bool, seconds: float, version: str) -> str:
-    header = ("case", "bus", "baseline", "bus/base", "bus us/op", "base us/op", "base",
-              "target", "")
-    table = [header] + [
-        (row.case, _rate(row.bus_rate), _rate(row.baseline_rate), f"{row.ratio:.3f}",
-         _micros(row.bus_rate), _micros(row.baseline_rate), row.baseline, row.target,
-         "ok" if row.met else "MISS")
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    body = [(*row.cells(), row.target, "ok" if row.met else "MISS") for row in rows]
     lines = [
         f"redis_bench{' --quick' if quick else ''}: Python {platform.python_version()} "
         f"on {platform.machine()}, {os.cpu_count()} CPU(s), redis-server {version}; "
         f"median of {sizes.repeats} run(s) per figure, raw and bus alternating; "
         f"{seconds:.1f}s in all",
         "",
+        *format_table((*HEADER, "target", ""), body, left=(0, 7, 8)),
+        *legend(BASELINES),
     ]
-    for n, line in enumerate(table):
-        cells = [line[0].ljust(widths[0])]
-        cells += [cell.rjust(width) for cell, width in zip(line[1:-2], widths[1:-2], strict=True)]
-        cells += [line[-2].ljust(widths[-2]), line[-1]]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * width for width in widths[:-1]))
-    lines.append("")
-    lines.append("baselines (bus/base = bus rate / baseline rate; 1.0 would be free):")
-    lines += [f"  {key}  {text}" for key, text in BASELINES.items()]
     notes = [(row.baseline, row.note) for row in rows if row.note]
     if notes:
         lines.append("")

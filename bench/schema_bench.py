@@ -30,7 +30,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import tables
 from bus_schema import CompiledSchema, SchemaValidationError, api_schema
+from tables import HEADER, format_table, legend
 
 import bus_core
 from bus_core import Api, Bus, Event, EventMessage, Parameter
@@ -99,17 +101,8 @@ class Sizes:
 
 
 @dataclasses.dataclass(frozen=True)
-class Row:
-    """One line of the table: operations per second of the measured case and its baseline."""
-
-    case: str
-    bus_rate: float
-    baseline_rate: float
-    baseline: str
-
-    @property
-    def ratio(self) -> float:
-        return self.bus_rate / self.baseline_rate
+class Row(tables.Row):
+    """A table row that also knows what the case adds per operation."""
 
     @property
     def added_us(self) -> float:
@@ -321,39 +314,17 @@ def measure(sizes: Sizes) -> list[Row]:
     return rows
 
 
-def _rate(value: float) -> str:
-    return f"{value:,.0f}/s"
-
-
-def _micros(value: float) -> str:
-    return f"{1e6 / value:,.2f}"
-
-
 def render(rows: list[Row], sizes: Sizes, quick: bool, seconds: float,
            rejected_us: float) -> str:
     """The table, its legend, the cost per validated message and the target."""
-    header = ("case", "bus", "baseline", "bus/base", "bus us/op", "base us/op", "base")
-    table = [header] + [
-        (row.case, _rate(row.bus_rate), _rate(row.baseline_rate), f"{row.ratio:.3f}",
-         _micros(row.bus_rate), _micros(row.baseline_rate), row.baseline)
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = [
         f"schema_bench{' --quick' if quick else ''}: Python {platform.python_version()} "
         f"on {platform.machine()}, {os.cpu_count()} CPU(s); median of {sizes.rounds} "
         f"alternating rounds per figure; {seconds:.1f}s in all",
         "",
     ]
-    for n, line in enumerate(table):
-        cells = [line[0].ljust(widths[0])]
-        cells += [cell.rjust(width) for cell, width in zip(line[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells))
-        if n == 0:
-            lines.append("  ".join("-" * width for width in widths))
-    lines.append("")
-    lines.append("baselines (bus/base = bus rate / baseline rate; 1.0 would be free):")
-    lines += [f"  {key}  {text}" for key, text in BASELINES.items()]
+    lines += format_table(HEADER, [row.cells() for row in rows])
+    lines += legend(BASELINES)
     check, hook, fire, events = rows
 
     def verdict(us: float) -> str:
