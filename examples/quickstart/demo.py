@@ -19,6 +19,12 @@ from bus_core import EventMessage
 handled = threading.Event()
 
 
+def say(line: str) -> None:
+    """Print a whole line in one write (the listener prints from another thread)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def mark_handled(event: EventMessage, username: str) -> None:
     handled.set()
 
@@ -28,17 +34,17 @@ def main() -> int:
     bus.client.start_worker()  # serve RPCs and run listeners in the background
     try:
         ok = bus.auth.check_password(username="admin", password="secret")
-        print(f"[client] auth.check_password(username='admin', password='secret') -> {ok}")
+        say(f"[client] auth.check_password(username='admin', password='secret') -> {ok}")
         wrong = bus.auth.check_password(username="admin", password="guess")
-        print(f"[client] auth.check_password(username='admin', password='guess') -> {wrong}")
+        say(f"[client] auth.check_password(username='admin', password='guess') -> {wrong}")
         message = bus.auth.user_registered.fire(username="ada", email="ada@example.com")
-        print(f"[client] fired auth.user_registered (id {message.id[:8]}...)")
+        say(f"[client] fired auth.user_registered (id {message.id[:8]}...)")
         if not handled.wait(timeout=10):
             print("[demo] the event was not handled within 10s", file=sys.stderr)
             return 1
     finally:
         bus.client.close()
-    print("[demo] done: RPC answered, event handled")
+    say("[demo] done: RPC answered, event handled")
     return 0
 
 
