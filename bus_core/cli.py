@@ -275,9 +275,14 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     return parser
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level, logging.INFO),
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+def _configure_logging(level: str, log_format: str | None = None) -> None:
+    """Log at `level`, as text or JSON lines (`bus.log_format`; BUS_LOG_FORMAT overrides)."""
+    from bus_core.logs import configure
+
+    chosen = os.environ.get("BUS_LOG_FORMAT") or log_format or "text"
+    if chosen not in ("text", "json"):
+        raise CommandFailed(f"unknown log format {chosen!r}: use 'text' or 'json'")
+    configure(level if isinstance(getattr(logging, level, None), int) else "INFO", chosen)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

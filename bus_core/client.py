@@ -25,7 +25,7 @@ import typing
 import warnings
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bus_core.api import Api, ApiDefinition, EventDefinition, RpcDefinition, warn_about_wire_types
@@ -82,14 +82,61 @@ class Listener:
 
 @dataclasses.dataclass
 class ScheduledTask:
+    """A function run while a worker runs: every `seconds`, or at the times of `cron`.
+
+    `single` tasks run in one process of the service at a time (a lock on the transport)."""
+
     function: Callable[..., Any]
     seconds: float
     also_run_immediately: bool
     is_async: bool
+    cron: str | None = None
+    tz: str | None = None
+    single: bool = False
 
     @property
     def name(self) -> str:
         return getattr(self.function, "__qualname__", repr(self.function))
+
+    def next_delay(self, moment: datetime | None = None) -> float:
+        """Seconds from `moment` (default: now) to the next run; the interval for every()."""
+        if self.cron is None:
+            return self.seconds
+        moment = moment or datetime.now(timezone.utc)
+        fire = next_cron_time(self.cron, self.tz, moment)
+        return max(0.0, (fire - moment).total_seconds())
+
+
+def _zone(tz: str | None) -> tzinfo:
+    if tz is None or tz.upper() == "UTC":
+        return timezone.utc
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidArguments(f"schedule(tz={tz!r}): unknown time zone") from None
+
+
+def next_cron_time(expression: str, tz: str | None, moment: datetime) -> datetime:
+    """The first time strictly after `moment` that the cron `expression` names (in `tz`)."""
+    from croniter import croniter
+
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    fire = croniter(expression, moment.astimezone(_zone(tz))).get_next(datetime)
+    return typing.cast(datetime, fire)
+
+
+def _check_cron(expression: str, tz: str | None) -> None:
+    from croniter import croniter
+
+    _zone(tz)
+    if not isinstance(expression, str) or not croniter.is_valid(expression):
+        raise InvalidArguments(
+            f"schedule({expression!r}): not a valid cron expression; use five fields "
+            "'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *'"
+        )
 
 
 def _handler_signature(handler: Callable[..., Any]) -> tuple[dict[str, Any], frozenset[str],
@@ -394,15 +441,31 @@ class BusClient:
         return function
 
     def every(self, *, seconds: float = 0, minutes: float = 0, hours: float = 0,
-              also_run_immediately: bool = False) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator: run the function every interval while a worker runs."""
+              also_run_immediately: bool = False, single: bool = False
+              ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: run the function every interval while a worker runs (with
+        `single=True`, in only one process of the service at a time)."""
         interval = seconds + minutes * 60 + hours * 3600
         if interval <= 0:
             raise InvalidArguments("every() needs a positive interval, e.g. every(seconds=30)")
 
         def decorate(function: Callable[..., T]) -> Callable[..., T]:
             self.scheduled.append(ScheduledTask(function, interval, also_run_immediately,
-                                                is_async_callable(function)))
+                                                is_async_callable(function), single=single))
+            return function
+
+        return decorate
+
+    def schedule(self, cron: str, *, tz: str | None = None, single: bool = False
+                 ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: run the function at the times of a cron expression (UTC unless `tz`
+        names a zone) while a worker runs; `single=True`: in one process at a time."""
+        _check_cron(cron, tz)
+
+        def decorate(function: Callable[..., T]) -> Callable[..., T]:
+            self.scheduled.append(ScheduledTask(function, 0.0, False,
+                                                is_async_callable(function), cron=cron, tz=tz,
+                                                single=single))
             return function
 
         return decorate

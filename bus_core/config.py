@@ -59,6 +59,7 @@ BUS_DEFAULTS: dict[str, Any] = {
     "max_message_size": 10 * 1024 * 1024,
     "handler_threads": 32,
     "log_level": None,
+    "log_format": "text",
     "schema": {"ttl": 60, "transport": DEFAULT_TRANSPORT},
 }
 
@@ -139,6 +140,7 @@ def config_schema(plugins: PluginManager | None = None) -> dict[str, Any]:
                     "max_message_size": {"type": "integer", "minimum": 1024},
                     "handler_threads": {"type": "integer", "minimum": 1},
                     "log_level": {"enum": [None, "DEBUG", "INFO", "WARNING", "ERROR"]},
+                    "log_format": {"enum": ["text", "json"]},
                     "schema": {
                         "type": "object",
                         "additionalProperties": False,

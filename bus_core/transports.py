@@ -99,6 +99,15 @@ class RpcTransport(Transport):
     async def open_consumer(self, api_names: Sequence[str]) -> RpcConsumer:
         """Start consuming calls for `api_names`."""
 
+    async def try_lock(self, name: str, owner: str, ttl: float) -> bool:
+        """Optional: take the lock `name` of this service for `ttl` seconds, or extend it
+        when `owner` already holds it; False when another owner holds it."""
+        raise NotImplementedError(f"{type(self).__name__} has no locks")
+
+    async def unlock(self, name: str, owner: str) -> None:
+        """Optional: release the lock `name` if `owner` holds it."""
+        raise NotImplementedError(f"{type(self).__name__} has no locks")
+
 
 class ResultTransport(Transport):
     """Carries each RPC's result back to its caller."""

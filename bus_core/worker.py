@@ -13,10 +13,12 @@ import contextlib
 import logging
 import signal
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from bus_core.client import cast_kwargs, check_arguments, error_result
+from bus_core.client import cast_kwargs, check_arguments, error_result, next_cron_time
 from bus_core.errors import (
     InvalidMessage,
     MalformedMessage,
@@ -36,6 +38,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("bus.worker")
 _RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+LOCK_TTL = 15.0  # seconds a single task's lock outlives a crashed holder
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _log_context(message: RpcMessage | EventMessage, **more: Any) -> dict[str, Any]:
@@ -139,6 +146,9 @@ class Worker:
         self._served: list[str] | None = None
         self._stopper: asyncio.Task[None] | None = None
         self.started = False
+        self.now: Callable[[], datetime] = _utc_now  # wall clock for cron (tests inject)
+        self.lock_owner = f"{client.process_name}:{uuid.uuid4().hex[:12]}"
+        self.lock_ttl = LOCK_TTL
 
     @property
     def api_names(self) -> list[str]:
@@ -181,7 +191,8 @@ class Worker:
                 await self._start_listener(state, listener)
         if self.run_tasks:
             for task in client.scheduled:
-                self._spawn_loop(f"every:{task.name}",
+                kind = "cron" if task.cron is not None else "every"
+                self._spawn_loop(f"{kind}:{task.name}",
                                  lambda loop, t=task: self._scheduled_loop(loop, t))
         self.started = True
         client.running_workers.append(self)
@@ -441,7 +452,8 @@ class Worker:
                              extra=_log_context(message))
 
     async def _answer_malformed(self, item: MalformedRpc) -> None:
-        logger.warning("received a malformed RPC call: %s", item.problem)
+        logger.warning("received a malformed RPC call: %s", item.problem,
+                       extra={"bus": {"message_id": item.id}} if item.id else None)
         if item.return_path:  # the caller can still be told, rather than left to time out
             stub = RpcMessage(api_name="?", procedure_name="?", kwargs={},
                               id=item.id or "unknown", return_path=item.return_path)
@@ -477,7 +489,8 @@ class Worker:
         message = delivery.message
         if message is None:
             logger.warning("listener %s: dead-lettering malformed entry %s on %s: %s",
-                           listener.name, delivery.native_id, delivery.stream, delivery.problem)
+                           listener.name, delivery.native_id, delivery.stream, delivery.problem,
+                           extra={"bus": {"listener_name": listener.name}})
             await consumer.dead_letter(delivery, f"malformed: {delivery.problem}")
             return
         if not listener.wants(message.api_name, message.event_name):
@@ -518,7 +531,8 @@ class Worker:
                 self.fail(error)
         except Exception:
             logger.exception("settling a failed event %s failed; it will be redelivered",
-                             message.id)
+                             message.id,
+                             extra=_log_context(message, listener_name=listener.name))
 
     @staticmethod
     def _action_for(listener: Listener, api_config: Any, delivery: EventDelivery,
@@ -534,21 +548,112 @@ class Worker:
 
     async def _scheduled_loop(self, loop: _Loop, task: ScheduledTask) -> None:
         clock = asyncio.get_running_loop().time
-        delay = 0.0 if task.also_run_immediately else task.seconds
-        while not self.stopping:
+        lock = _TaskLock(self, task) if task.single else None
+        last_fire: datetime | None = None
+        delay = 0.0 if task.also_run_immediately else None
+        try:
+            while not self.stopping:
+                if delay is None:
+                    if task.cron is not None:
+                        moment = self.now()
+                        last_fire = next_cron_time(task.cron, task.tz,
+                                                   max(moment, last_fire or moment))
+                        delay = max(0.0, (last_fire - moment).total_seconds())
+                    else:
+                        delay = task.seconds
+                try:
+                    await loop.wait_for(asyncio.sleep(delay))
+                except asyncio.CancelledError:
+                    if self.stopping:
+                        return
+                    raise
+                started = clock()
+                if lock is None or await lock.acquire():
+                    await self._run_task(task)
+                delay = None if task.cron is not None else max(
+                    0.0, task.seconds - (clock() - started))
+        finally:
+            if lock is not None:
+                await lock.release()
+
+    async def _run_task(self, task: ScheduledTask) -> None:
+        try:
+            await self.client.call_user_code(task.function, task.is_async)
+        except Exception:
+            when = (f"at the next time of {task.cron!r}" if task.cron is not None
+                    else f"in {task.seconds:g}s")
+            logger.exception("scheduled task %s raised; it runs again %s", task.name, when)
+
+
+class _TaskLock:
+    """The lock that keeps a `single` task in one process of the service: taken at a run,
+    then kept alive (re-acquired every third of its TTL) while this worker runs, so the
+    other processes skip their runs; it expires `LOCK_TTL` seconds after a crash."""
+
+    def __init__(self, worker: Worker, task: ScheduledTask) -> None:
+        self.worker = worker
+        self.task = task
+        self.name = task.name
+        self.owner = worker.lock_owner
+        self.ttl = worker.lock_ttl
+        self.held = False
+        self.unsupported = False
+        self._keeper: asyncio.Task[None] | None = None
+
+    async def _transport(self) -> Any:
+        state = await self.worker.client.state()
+        return await state.transport("rpc", "default")
+
+    async def _take(self) -> bool:
+        transport = await self._transport()
+        return bool(await transport.try_lock(self.name, self.owner, self.ttl))
+
+    async def acquire(self) -> bool:
+        """True when this process may run the task now."""
+        if self.unsupported:
+            return False
+        try:
+            self.held = await self._take()
+        except NotImplementedError:
+            self.unsupported = True
+            logger.error("scheduled task %s is single=True but the RPC transport has no "
+                         "locks; it will not run", self.name)
+            return False
+        except Exception as exc:
+            logger.warning("scheduled task %s skipped: taking its lock failed (%s: %s)",
+                           self.name, type(exc).__name__, exc)
+            self.held = False
+            return False
+        if not self.held:
+            logger.debug("scheduled task %s skipped: another process holds its lock",
+                         self.name)
+        elif self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.get_running_loop().create_task(
+                self._keep_alive(), name=f"bus:lock:{self.name}")
+        return self.held
+
+    async def _keep_alive(self) -> None:
+        while self.held:
+            await asyncio.sleep(self.ttl / 3)
             try:
-                await loop.wait_for(asyncio.sleep(delay))
-            except asyncio.CancelledError:
-                if self.stopping:
-                    return
-                raise
-            started = clock()
+                self.held = await self._take()
+            except Exception as exc:
+                logger.warning("keeping the lock of scheduled task %s alive failed (%s: %s)",
+                               self.name, type(exc).__name__, exc)
+        logger.debug("scheduled task %s: this process no longer holds its lock", self.name)
+
+    async def release(self) -> None:
+        """Stop the keep-alive and let another process take the lock at once."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._keeper
+        if self.held:
+            self.held = False
             try:
-                await self.client.call_user_code(task.function, task.is_async)
+                await (await self._transport()).unlock(self.name, self.owner)
             except Exception:
-                logger.exception("scheduled task %s raised; it runs again in %gs", task.name,
-                                 task.seconds)
-            delay = max(0.0, task.seconds - (clock() - started))
+                logger.exception("releasing the lock of scheduled task %s failed", self.name)
 
 
 def run_until_signalled(worker: Worker) -> int:

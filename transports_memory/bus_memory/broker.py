@@ -158,6 +158,7 @@ class MemoryBroker:
         self.streams: dict[str, Stream] = {}
         self.dead_letters: list[DeadLetter] = []
         self.schemas: dict[str, tuple[bytes, float | None]] = {}
+        self.locks: dict[str, tuple[str, float]] = {}  # key -> (owner, monotonic expiry)
         self._consumer_ids = itertools.count(1)
 
     # -- RPC ----------------------------------------------------------------------------
@@ -306,6 +307,23 @@ class MemoryBroker:
             group.pending.pop(offset, None)
 
     # -- schemas ------------------------------------------------------------------------
+
+    def try_lock(self, key: str, owner: str, ttl: float) -> bool:
+        """Take (or, for its owner, extend) the lock `key` for `ttl` seconds."""
+        with self.lock:
+            moment = time.monotonic()
+            held = self.locks.get(key)
+            if held is not None and held[0] != owner and held[1] > moment:
+                return False
+            self.locks[key] = (owner, moment + ttl)
+            return True
+
+    def unlock(self, key: str, owner: str) -> None:
+        """Release the lock `key` if `owner` holds it."""
+        with self.lock:
+            held = self.locks.get(key)
+            if held is not None and held[0] == owner:
+                del self.locks[key]
 
     def store_schema(self, api_name: str, data: bytes, ttl: float | None) -> None:
         with self.lock:

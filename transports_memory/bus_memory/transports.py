@@ -59,6 +59,15 @@ class MemoryRpcTransport(_MemoryTransport, RpcTransport):
     async def open_consumer(self, api_names: Sequence[str]) -> RpcConsumer:
         return MemoryRpcConsumer(self, list(api_names))
 
+    def lock_key(self, name: str) -> str:
+        return f"bus:lock:{self.service_name}:{name}"
+
+    async def try_lock(self, name: str, owner: str, ttl: float) -> bool:
+        return self.broker.try_lock(self.lock_key(name), owner, ttl)
+
+    async def unlock(self, name: str, owner: str) -> None:
+        self.broker.unlock(self.lock_key(name), owner)
+
 
 class MemoryRpcConsumer(RpcConsumer):
     def __init__(self, transport: MemoryRpcTransport, api_names: list[str]) -> None:

@@ -64,8 +64,29 @@ return alive
 """
 
 
+# Take a lock, or extend it for its owner.  KEYS: lock key.  ARGV: owner, ttl (ms).
+LOCK = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# Release a lock only if its owner still holds it.  KEYS: lock key.  ARGV: owner.
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def lock_key(service_name: str, name: str) -> str:
+    return f"bus:lock:{service_name}:{name}"
+
+
 class RedisRpcTransport(RedisTransport, RpcTransport):
-    scripts = Scripts(enqueue=ENQUEUE, claim=CLAIM)
+    scripts = Scripts(enqueue=ENQUEUE, claim=CLAIM, lock=LOCK, unlock=UNLOCK)
 
     def __init__(self, *, batch_size: int = 100, blocking_timeout: float = 5.0,
                  **kwargs: Any) -> None:
@@ -91,6 +112,21 @@ class RedisRpcTransport(RedisTransport, RpcTransport):
 
     async def open_consumer(self, api_names: Sequence[str]) -> RpcConsumer:
         return RedisRpcConsumer(self, list(api_names))
+
+    async def try_lock(self, name: str, owner: str, ttl: float) -> bool:
+        """SET NX PX, or PEXPIRE when `owner` already holds it (one Lua script)."""
+        taken = await redis_call(
+            self.url, f"cannot take lock {name!r}",
+            lambda: self.scripts.run(self.redis, "lock", [lock_key(self.service_name, name)],
+                                     [owner, max(1, int(ttl * 1000))]))
+        return bool(taken)
+
+    async def unlock(self, name: str, owner: str) -> None:
+        """Compare-and-delete: release only a lock `owner` still holds."""
+        await redis_call(
+            self.url, f"cannot release lock {name!r}",
+            lambda: self.scripts.run(self.redis, "unlock", [lock_key(self.service_name, name)],
+                                     [owner]))
 
 
 class RedisRpcConsumer(RpcConsumer):

@@ -1,0 +1,54 @@
+"""Locks on the Redis RPC transport, and single=True tasks across two workers on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from bus_core import Bus
+from tests.helpers import WAIT, eventually, serving
+
+
+async def rpc_transport(bus: Bus) -> Any:
+    return await (await bus.client.state()).transport("rpc", "default")
+
+
+async def test_a_lock_is_taken_extended_and_released_by_its_owner(
+        make_redis_bus: Callable[..., Bus], raw: Any) -> None:
+    transport = await rpc_transport(make_redis_bus(service_name="shop"))
+    assert await transport.try_lock("nightly", "a", 10)
+    assert raw.get("bus:lock:shop:nightly") == b"a"
+    assert 0 < raw.pttl("bus:lock:shop:nightly") <= 10_000
+    assert not await transport.try_lock("nightly", "b", 10)
+    assert await transport.try_lock("nightly", "a", 60)  # the owner re-acquires: PEXPIRE
+    assert raw.pttl("bus:lock:shop:nightly") > 10_000
+    await transport.unlock("nightly", "b")  # compare-and-delete: not b's
+    assert raw.get("bus:lock:shop:nightly") == b"a"
+    await transport.unlock("nightly", "a")
+    assert raw.get("bus:lock:shop:nightly") is None
+    assert await transport.try_lock("nightly", "b", 10)
+
+
+async def test_a_lock_expires(make_redis_bus: Callable[..., Bus], raw: Any) -> None:
+    transport = await rpc_transport(make_redis_bus())
+    assert await transport.try_lock("job", "a", 0.01)
+    await eventually(lambda: raw.get("bus:lock:svc:job") is None)
+    assert await transport.try_lock("job", "b", 10)
+
+
+async def test_a_single_task_runs_in_one_of_two_workers(
+        make_redis_bus: Callable[..., Bus]) -> None:
+    runs: list[str] = []
+    enough = asyncio.Event()
+    buses = [make_redis_bus(process_name=f"p{i}") for i in range(2)]
+    for bus in buses:
+        @bus.client.every(seconds=0.01, single=True)
+        async def tick(name: str = bus.client.process_name) -> None:
+            runs.append(name)
+            if len(runs) >= 6:
+                enough.set()
+
+    async with serving(buses[0]), serving(buses[1]):
+        await asyncio.wait_for(enough.wait(), WAIT)
+    assert len(set(runs)) == 1, runs
