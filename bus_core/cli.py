@@ -1,4 +1,5 @@
-"""The `bus` command: run a worker, list plugins, check config, and plugin subcommands.
+"""The `bus` command: run a worker, call RPCs, fire and inspect events, list plugins, check
+config, and plugin subcommands.
 
 Every subcommand takes the same common options in the same place, after its name:
 `-c/--config FILE` (or $BUS_CONFIG), `-b/--bus MODULE` (or $BUS_MODULE), `-l/--log-level`.
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bus_core import cli_messages
 from bus_core.client import Bus
 from bus_core.config import config_schema, load_config
 from bus_core.errors import BusError
@@ -264,6 +266,8 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     check.add_argument("file", nargs="?", metavar="FILE", help="the config to check")
     check.set_defaults(handler=cmd_config_check)
 
+    cli_messages.add_commands(commands, common)
+
     version = commands.add_parser("version", parents=[common], help="print the version")
     version.set_defaults(handler=cmd_version)
 
@@ -310,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = args.handler(args)
     except BusError as exc:
         print(f"bus: error: {exc}", file=sys.stderr)
-        return 1
+        return getattr(exc, "exit_code", 1)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `bus config schema | head`
