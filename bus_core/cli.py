@@ -121,7 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not features:
         raise CommandFailed("--only/--skip leave nothing to run")
     bus = load_bus(args.bus)
-    _configure_logging(args.log_level or bus.client.config.bus.get("log_level") or "INFO")
+    _configure_logging(args.log_level or bus.client.config.bus.get("log_level") or "INFO",
+                       bus.client.config.bus.get("log_format"))
     return bus.client.run_worker(rpcs="rpcs" in features, events="events" in features,
                                  tasks="tasks" in features)
 

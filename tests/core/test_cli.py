@@ -279,3 +279,13 @@ def test_the_quickstart_example_runs_under_bus_run():
     worker = Running(["run", "--skip", "tasks"], cwd=ROOT / "examples" / "quickstart")
     worker.wait_for("serving APIs [auth], listeners [send_welcome_email]")
     assert worker.stop() == 0
+
+
+def test_run_writes_json_logs_when_the_config_says_so(tmp_path):
+    project = write_service(tmp_path / "svc")
+    (project / "bus.yaml").write_text("bus: {log_format: json}\n")
+    worker = Running(["run", "--skip", "tasks"], cwd=project, env={"BUS_CONFIG": "bus.yaml"})
+    line = worker.wait_for("serving APIs")
+    record = json.loads(line)
+    assert record["level"] == "INFO" and "serving APIs [echo]" in record["message"]
+    assert worker.stop() == 0
