@@ -101,6 +101,24 @@ def _import_failure(module_name: str, exc: BaseException) -> str:
             f"(run from the folder that holds the module, or name it with --bus / BUS_MODULE)")
 
 
+def bus_or_bare_client(module_name: str | None) -> Bus:
+    """For commands that work with or without the service's code (`call`, `inspect`,
+    `schema ...`): the bus module's Bus when one is named (errors are errors) or found (one
+    that fails to import is reported and skipped), else a plain client from $BUS_CONFIG."""
+    import bus_core
+
+    explicit = module_name or os.environ.get("BUS_MODULE")
+    if explicit:
+        return load_bus(explicit)
+    if find_bus_module(Path.cwd()):
+        try:
+            return load_bus(None)
+        except CommandFailed as exc:
+            print(f"bus: warning: {exc}\nbus: carrying on without the bus module",
+                  file=sys.stderr)
+    return bus_core.create(service_name="bus-cli")
+
+
 # -- subcommands -----------------------------------------------------------------------------
 
 

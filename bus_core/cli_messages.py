@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 from bus_core.client import Bus
@@ -112,12 +110,9 @@ def event_line(message: EventMessage) -> str:
 def client_bus(args: argparse.Namespace) -> Bus:
     """The bus module's Bus when one is named or found (its APIs are then known locally),
     else a plain client configured by $BUS_CONFIG."""
-    from bus_core import create
-    from bus_core.cli import find_bus_module, load_bus
+    from bus_core.cli import bus_or_bare_client
 
-    if args.bus or os.environ.get("BUS_MODULE") or find_bus_module(Path.cwd()):
-        return load_bus(args.bus)
-    return create(service_name="bus-cli")
+    return bus_or_bare_client(args.bus)
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any] | None:

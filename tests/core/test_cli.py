@@ -289,3 +289,13 @@ def test_run_writes_json_logs_when_the_config_says_so(tmp_path):
     record = json.loads(line)
     assert record["level"] == "INFO" and "serving APIs [echo]" in record["message"]
     assert worker.stop() == 0
+
+
+def test_call_carries_on_when_a_found_bus_module_cannot_import(tmp_path):
+    (tmp_path / "bus.py").write_text("from missing_helpers import thing\n")
+    result = bus("call", "nobody.ping", "-t", "0.2", cwd=tmp_path)
+    assert "warning: importing bus module 'bus' failed" in result.stderr
+    assert "carrying on without the bus module" in result.stderr
+    assert result.returncode == 1 and "got no result" in result.stderr  # the call itself ran
+    named = bus("call", "nobody.ping", "-b", "bus", cwd=tmp_path)  # named: an error
+    assert named.returncode == 1 and "carrying on" not in named.stderr

@@ -9,17 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import bus_core
-from bus_core.cli import CommandFailed, common_options, find_bus_module, load_bus
+from bus_core.cli import CommandFailed, bus_or_bare_client, common_options
 from bus_core.client import Bus
 from bus_schema.store import read_schema_files
 
 
 def _bus(args: argparse.Namespace) -> Bus:
     """The bus module's bus when there is one (its own APIs count), else a bare client."""
-    if args.bus or os.environ.get("BUS_MODULE") or find_bus_module(Path.cwd()):
-        return load_bus(args.bus)
-    return bus_core.create()
+    return bus_or_bare_client(args.bus)
 
 
 def _store(bus: Bus) -> Any:
