@@ -15,6 +15,7 @@ import pytest
 
 import bus_core
 from bus_core import Bus
+from bus_core.testing import memory_config as testing_memory_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ASYNC_TEST_TIMEOUT = 30.0
@@ -37,19 +38,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 
 def memory_config(broker: str, **api_default: Any) -> dict[str, Any]:
-    """A config document that puts every transport on the memory broker `broker`."""
-    transport = {"memory": {"broker": broker}}
-    return {
-        "bus": {"schema": {"transport": transport}, "drain_timeout": 5},
-        "apis": {"default": {
-            "rpc_transport": transport,
-            "result_transport": transport,
-            "event_transport": transport,
-            "rpc_timeout": 2,
-            "redelivery_delay": 0,
-            **api_default,
-        }},
-    }
+    """The testing plugin's memory config, with the suite's shorter RPC timeout."""
+    return testing_memory_config(broker, **{"rpc_timeout": 2, **api_default})
 
 
 @pytest.fixture
