@@ -75,3 +75,18 @@ class EventRecorder:
 
         await asyncio.wait_for(wait(), WAIT)
         return self.seen
+
+
+def count_single_task_runs(buses: list[Bus], seconds: float = 0.01) -> list[str]:
+    """Give each bus the same `every(single=True)` task; return the list its runs append
+    the running process's name to (for checking that only one process runs it)."""
+    runs: list[str] = []
+    for bus in buses:
+        @bus.client.every(seconds=seconds, single=True)
+        async def tick(name: str = bus.client.process_name) -> None:
+            runs.append(name)
+    return runs
+
+
+async def wait_for_runs(runs: list[str], count: int) -> None:
+    await eventually(lambda: len(runs) >= count)

@@ -12,7 +12,7 @@ import pytest
 from bus_core import Bus
 from bus_core.client import ScheduledTask, next_cron_time
 from bus_core.errors import InvalidArguments
-from tests.helpers import WAIT, eventually, serving
+from tests.helpers import WAIT, count_single_task_runs, eventually, serving, wait_for_runs
 
 UTC = timezone.utc
 
@@ -130,18 +130,10 @@ async def test_a_worker_without_tasks_runs_no_cron_tasks(make_bus: Callable[...,
 async def test_a_single_task_runs_in_one_of_two_workers(make_bus: Callable[..., Bus],
                                                        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="bus.worker")
-    runs: list[str] = []
-    enough = asyncio.Event()
     buses = [make_bus(process_name=f"p{i}") for i in range(2)]
-    for bus in buses:
-        @bus.client.every(seconds=0.01, single=True)
-        async def tick(name: str = bus.client.process_name) -> None:
-            runs.append(name)
-            if len(runs) >= 6:
-                enough.set()
-
+    runs = count_single_task_runs(buses)
     async with serving(buses[0]), serving(buses[1]):
-        await asyncio.wait_for(enough.wait(), WAIT)
+        await wait_for_runs(runs, 6)
         await eventually(lambda: any("another process holds its lock" in r.getMessage()
                                      for r in caplog.records))
     assert len(set(runs)) == 1, runs
@@ -149,12 +141,8 @@ async def test_a_single_task_runs_in_one_of_two_workers(make_bus: Callable[..., 
 
 async def test_the_other_worker_takes_over_when_the_holder_stops(
         make_bus: Callable[..., Bus]) -> None:
-    runs: list[str] = []
     buses = [make_bus(process_name=f"p{i}") for i in range(2)]
-    for bus in buses:
-        @bus.client.every(seconds=0.01, single=True)
-        async def tick(name: str = bus.client.process_name) -> None:
-            runs.append(name)
+    runs = count_single_task_runs(buses)
 
     first = buses[0].client.worker()
     await first.start()

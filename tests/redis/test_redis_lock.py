@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
 from bus_core import Bus
-from tests.helpers import WAIT, eventually, serving
+from tests.helpers import count_single_task_runs, eventually, serving, wait_for_runs
 
 
 async def rpc_transport(bus: Bus) -> Any:
@@ -39,16 +38,8 @@ async def test_a_lock_expires(make_redis_bus: Callable[..., Bus], raw: Any) -> N
 
 async def test_a_single_task_runs_in_one_of_two_workers(
         make_redis_bus: Callable[..., Bus]) -> None:
-    runs: list[str] = []
-    enough = asyncio.Event()
     buses = [make_redis_bus(process_name=f"p{i}") for i in range(2)]
-    for bus in buses:
-        @bus.client.every(seconds=0.01, single=True)
-        async def tick(name: str = bus.client.process_name) -> None:
-            runs.append(name)
-            if len(runs) >= 6:
-                enough.set()
-
+    runs = count_single_task_runs(buses)
     async with serving(buses[0]), serving(buses[1]):
-        await asyncio.wait_for(enough.wait(), WAIT)
+        await wait_for_runs(runs, 6)
     assert len(set(runs)) == 1, runs
