@@ -1,0 +1,1 @@
+"""The accounts service: its API declaration (shared with the web app) and its bus module."""
