@@ -1,0 +1,45 @@
+"""Settings of the example: no database, everything that differs per deploy from the env.
+
+    DJANGO_SECRET_KEY      set it in any real deploy; the example falls back to a fixed,
+                           insecure key
+    DJANGO_DEBUG           "1" to turn debug on (default off)
+    DJANGO_ALLOWED_HOSTS   comma-separated (default "localhost,127.0.0.1")
+    BUS_CONFIG             the bus config, read by shop/bus.py (bus.yaml here)
+"""
+
+from __future__ import annotations
+
+import os
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "insecure-key-for-the-bus-django-example")
+DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
+ALLOWED_HOSTS = [host.strip() for host in
+                 os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",")
+                 if host.strip()]
+
+INSTALLED_APPS = ["shop.apps.ShopConfig"]
+
+# No sessions or cookies, hence no CSRF middleware: these are JSON endpoints. An app with
+# session login keeps django.middleware.csrf.CsrfViewMiddleware.
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "shop.middleware.BusErrorMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+DATABASES: dict[str, dict[str, str]] = {}  # the accounts service keeps the data
+USE_TZ = True
+TIME_ZONE = "UTC"  # also the time zone of the log lines (Django sets $TZ to it)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "shop": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "bus": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+    },
+}

@@ -1,0 +1,1 @@
+"""The web app: Django views that call the accounts service over the bus."""
