@@ -1,0 +1,195 @@
+"""examples/django as docs/howto/django.md runs it: the accounts service under `bus run`,
+the Django app under gunicorn (2 gthread workers), driven over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.core.test_cli import Running
+from tests.redis.conftest import free_port
+
+pytestmark = pytest.mark.slow
+EXAMPLE = ROOT / "examples" / "django"
+GUNICORN = Path(sys.executable).parent / "gunicorn"
+
+
+def stop(process: subprocess.Popen[Any], timeout: float = 10) -> int:
+    """SIGTERM, wait, SIGKILL if it does not go; the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
+
+
+def http(method: str, url: str, data: dict[str, str] | None = None,
+         timeout: float = 10) -> tuple[int, dict[str, Any]]:
+    """(status, JSON body) of one request; error statuses are returned, not raised."""
+    body = urllib.parse.urlencode(data).encode() if data is not None else None
+    request = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+class Gunicorn:
+    """gunicorn serving the example on a free loopback port, its output in a file."""
+
+    def __init__(self, env: dict[str, str], log: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        with log.open("w") as out:
+            # --no-control-socket: gunicorn's default control socket is one path per user,
+            # which parallel test processes would fight over.
+            self.process = subprocess.Popen(
+                [str(GUNICORN), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{self.port}",
+                 "--workers", "2", "--worker-class", "gthread", "--threads", "4",
+                 "--no-control-socket", *extra, "project.wsgi"],
+                cwd=EXAMPLE, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_until_up(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if http("GET", f"{self.url}/health/", timeout=1)[0] == 200:
+                    return
+            except (OSError, ValueError):
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gunicorn did not answer:\n{self.output()}")
+            time.sleep(0.05)
+
+
+def wait_for_outbox(outbox: Path, usernames: set[str], timeout: float = 15
+                    ) -> list[dict[str, Any]]:
+    """The welcome emails the service's listener wrote, once all of `usernames` are there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = outbox.read_text().splitlines() if outbox.exists() else []
+        emails = [json.loads(line) for line in lines]
+        if usernames <= {email["username"] for email in emails}:
+            return emails
+        if time.monotonic() > deadline:
+            raise AssertionError(f"welcome emails for {sorted(usernames)} not all written; "
+                                 f"outbox: {lines}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "BUS_CONFIG": "bus.yaml",
+        "REDIS_URL": redis_url,
+        "BUS_RPC_TIMEOUT": "1",  # the 504 case waits this long
+        "ACCOUNTS_OUTBOX": str(tmp_path / "outbox.jsonl"),
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+    }
+
+
+@pytest.fixture
+def accounts_worker(env: dict[str, str]) -> Iterator[Running]:
+    worker = Running(["run", "--bus", "services.bus"], cwd=EXAMPLE, env=env)
+    try:
+        worker.wait_for("serving APIs [accounts], listeners [send_welcome_email]")
+        yield worker
+    finally:
+        stop(worker.process)
+
+
+def test_views_call_the_service_and_fire_its_event(env, accounts_worker, tmp_path):
+    outbox = Path(env["ACCOUNTS_OUTBOX"])
+    server = Gunicorn(env, tmp_path / "gunicorn.log")
+    try:
+        server.wait_until_up()
+
+        # The RPC's result comes back in the response; the event reaches the listener.
+        status, body = http("POST", f"{server.url}/signup/",
+                            {"username": "ada", "email": "ada@example.com"})
+        assert status == 201, body
+        assert body["user"] == {"id": 1, "username": "ada", "email": "ada@example.com"}
+        assert http("GET", f"{server.url}/users/ada/") == (200, {"user": body["user"]})
+        [email] = wait_for_outbox(outbox, {"ada"})
+        assert email["event_id"] == body["event_id"]
+        assert (email["user_id"], email["to"]) == (1, "ada@example.com")
+
+        # Several request threads of both worker processes at once.
+        names = [f"user{i}" for i in range(16)]
+        with ThreadPoolExecutor(len(names)) as pool:
+            results = list(pool.map(
+                lambda n: http("POST", f"{server.url}/signup/",
+                               {"username": n, "email": f"{n}@example.com"}), names))
+        assert [status for status, _ in results] == [201] * len(names), results
+        assert sorted(body["user"]["id"] for _, body in results) == list(range(2, 18))
+        emails = wait_for_outbox(outbox, set(names))
+        assert len(emails) == 1 + len(names)  # each event handled once
+
+        # Remote errors: the expected ones by the view, the rest by the middleware.
+        status, body = http("POST", f"{server.url}/signup/",
+                            {"username": "ada", "email": "ada2@example.com"})
+        assert (status, body["error"]) == (409, "conflict"), body
+        assert http("GET", f"{server.url}/users/nobody/") == (
+            404, {"error": "not_found", "message": "no user 'nobody'"})
+        status, body = http("POST", f"{server.url}/signup/",
+                            {"username": "bob", "email": "bob"})
+        assert status == 502, body
+        assert body == {"error": "remote_error",
+                        "message": "accounts.create_user() failed: ValueError: 'bob' is not "
+                                   "an email address"}
+        assert "Traceback" not in json.dumps(body)  # the trace is logged, not sent
+
+        # No worker serving accounts: the view answers 504 after rpc_timeout.
+        assert stop(accounts_worker.process) == 0
+        started = time.monotonic()
+        status, body = http("GET", f"{server.url}/users/ada/")
+        assert status == 504, body
+        assert body["error"] == "timeout"
+        assert "got no result within 1s" in body["message"]
+        assert time.monotonic() - started < 5
+    finally:
+        code = stop(server.process)
+    output = server.output()
+    assert code == 0, output
+    # worker_exit closed the client of each worker process.
+    assert output.count("closed the bus client of process") == 2, output
+
+
+def test_preload_forks_before_the_client_connects(env, accounts_worker, tmp_path):
+    server = Gunicorn(env, tmp_path / "gunicorn.log", "--preload")
+    try:
+        server.wait_until_up()
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(
+                lambda n: http("POST", f"{server.url}/signup/",
+                               {"username": f"p{n}", "email": f"p{n}@example.com"}), range(8)))
+        assert [status for status, _ in results] == [201] * 8, results
+        assert http("GET", f"{server.url}/users/p3/")[0] == 200
+        wait_for_outbox(Path(env["ACCOUNTS_OUTBOX"]), {f"p{n}" for n in range(8)})
+    finally:
+        code = stop(server.process)
+    assert code == 0, server.output()
