@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bus_core import cli_messages
+from bus_core import cli_messages, shell
 from bus_core.client import Bus
 from bus_core.config import config_schema, load_config
 from bus_core.errors import BusError
@@ -31,6 +31,7 @@ _SKIP_DIRS = {".git", ".hg", ".venv", "venv", "env", "node_modules", "__pycache_
               "site-packages", "build", "dist", ".tox", ".nox", ".mypy_cache", ".pytest_cache"}
 _SEARCH_DEPTH = 4
 FEATURES = ("rpcs", "events", "tasks")
+_LOADED_FROM: dict[int, str] = {}
 
 
 class CommandFailed(BusError):
@@ -91,7 +92,13 @@ def load_bus(module_name: str | None) -> Bus:
         raise CommandFailed(
             f"module {module_name!r} creates no bus: add `bus = bus_core.create()` to it"
         )
+    _LOADED_FROM[id(bus)] = module_name
     return bus
+
+
+def bus_module_name(bus: Bus) -> str | None:
+    """The module `load_bus` took `bus` from (None for a plain client)."""
+    return _LOADED_FROM.get(id(bus))
 
 
 def _import_failure(module_name: str, exc: BaseException) -> str:
@@ -286,6 +293,7 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     check.set_defaults(handler=cmd_config_check)
 
     cli_messages.add_commands(commands, common)
+    shell.add_command(commands, common)
 
     version = commands.add_parser("version", parents=[common], help="print the version")
     version.set_defaults(handler=cmd_version)

@@ -28,7 +28,14 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bus_core.api import Api, ApiDefinition, EventDefinition, RpcDefinition, warn_about_wire_types
+from bus_core.api import (
+    Api,
+    ApiDefinition,
+    EventDefinition,
+    Parameter,
+    RpcDefinition,
+    warn_about_wire_types,
+)
 from bus_core.config import Config
 from bus_core.errors import (
     BusError,
@@ -245,6 +252,7 @@ class BusClient:
             plugins.serializer(config.bus["serializer"]), config.bus["max_message_size"]
         )
         self.apis: dict[str, Api] = {}
+        self.described: dict[str, ApiDefinition] = {}  # remote APIs plugins told us of
         self._procedures: dict[tuple[str, str], Procedure] = {}
         self.listeners: dict[str, Listener] = {}
         self.start_functions: list[tuple[Callable[..., Any], bool]] = []
@@ -305,6 +313,18 @@ class BusClient:
     def api_definition(self, api_name: str) -> ApiDefinition | None:
         api = self.apis.get(api_name)
         return api.definition if api is not None else None
+
+    def known_definition(self, api_name: str) -> ApiDefinition | None:
+        """The API as registered here, else as last described by a plugin: for help and
+        completion only (arguments are checked against registered APIs alone)."""
+        return self.api_definition(api_name) or self.described.get(api_name)
+
+    async def describe_apis(self) -> dict[str, ApiDefinition]:
+        """Every API this client knows of: those registered here and those enabled plugins
+        describe (bus-schema: the shared schema). Remembered for `dir()` and completion."""
+        described = await self.hooks.describe_apis(self)
+        self.described = {name: d for name, d in described.items() if name not in self.apis}
+        return {**self.described, **{name: a.definition for name, a in self.apis.items()}}
 
     def procedure(self, api_name: str, procedure_name: str) -> Procedure | None:
         """(bound method, is async, definition, hints) of a locally served RPC."""
@@ -840,6 +860,15 @@ def _parse_repr(text: str) -> tuple[str, str]:
 # -- paths -----------------------------------------------------------------------------------
 
 
+def _api_names(client: BusClient) -> set[str]:
+    return {*client.apis, *client.described}
+
+
+def _signature(name: str, parameters: Sequence[Parameter]) -> str:
+    shown = [p.name if p.required else f"{p.name}={p.default!r}" for p in parameters]
+    return f"{name}({', '.join(shown)})"
+
+
 class BusPath:
     """`bus.auth.check_password`: an API, RPC or event by name, resolved when used."""
 
@@ -855,16 +884,41 @@ class BusPath:
         return BusPath(self._client, (*self._parts, name))
 
     def __repr__(self) -> str:
-        return f"<BusPath {'.'.join(self._parts)}>"
+        return f"<BusPath {self.describe()}>"
 
     def __dir__(self) -> list[str]:
-        definition = self._client.api_definition(".".join(self._parts))
-        members = [*definition.rpcs, *definition.events] if definition else []
+        """What can follow this path: an API's RPCs and events, a namespace's APIs, an RPC's
+        or event's methods (all methods when the path is unknown). Completion uses it."""
+        definition = self._client.known_definition(".".join(self._parts))
+        members = {*definition.rpcs, *definition.events} if definition else set()
         prefix = ".".join(self._parts) + "."
-        children = {n[len(prefix):].split(".")[0] for n in self._client.apis
+        children = {n[len(prefix):].split(".")[0] for n in _api_names(self._client)
                     if n.startswith(prefix)}
-        return sorted({*members, *children, "call_async", "fire", "fire_async", "listen",
-                       "listen_async"})
+        if members or children:
+            return sorted(members | children)
+        parent = self._client.known_definition(".".join(self._parts[:-1]))
+        if parent is not None and self._parts[-1] in parent.rpcs:
+            return ["call_async", "describe"]
+        if parent is not None and self._parts[-1] in parent.events:
+            return ["describe", "fire", "fire_async", "listen", "listen_async"]
+        return ["call_async", "describe", "fire", "fire_async", "listen", "listen_async"]
+
+    def describe(self) -> str:
+        """What this path names, with parameters where the API is known (`bus shell` shows
+        it as the path's repr)."""
+        name = ".".join(self._parts)
+        api = self._client.known_definition(name)
+        if api is not None:
+            rpcs = ", ".join(_signature(r.name, r.parameters) for r in api.rpcs.values())
+            events = ", ".join(_signature(e.name, e.parameters) for e in api.events.values())
+            return f"API {name}: RPCs {rpcs or '(none)'}; events {events or '(none)'}"
+        parent = self._client.known_definition(".".join(self._parts[:-1]))
+        member = self._parts[-1]
+        if parent is not None and member in parent.rpcs:
+            return f"RPC {parent.name}.{_signature(member, parent.rpcs[member].parameters)}"
+        if parent is not None and member in parent.events:
+            return f"event {parent.name}.{_signature(member, parent.events[member].parameters)}"
+        return name
 
     @property
     def api_name(self) -> str:
@@ -888,7 +942,7 @@ class BusPath:
         return api_name, name, kwargs, bus_options
 
     def _keyword_hint(self, api_name: str, name: str, verb: str, count: int) -> str:
-        definition = self._client.api_definition(api_name)
+        definition = self._client.known_definition(api_name)
         params: Sequence[Any] = ()
         if definition is not None:
             member = definition.rpcs.get(name) or definition.events.get(name)
@@ -942,7 +996,7 @@ class Bus:
         return BusPath(self.client, (name,))
 
     def __dir__(self) -> list[str]:
-        return sorted({"client", *(name.split(".")[0] for name in self.client.apis)})
+        return sorted({"client", *(name.split(".")[0] for name in _api_names(self.client))})
 
     def __repr__(self) -> str:
         return f"<Bus {self.client!r}>"

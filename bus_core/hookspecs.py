@@ -24,6 +24,7 @@ import pluggy
 
 if TYPE_CHECKING:
 
+    from bus_core.api import ApiDefinition
     from bus_core.client import BusClient
     from bus_core.messages import EventMessage, RpcMessage
     from bus_core.worker import Worker
@@ -305,6 +306,24 @@ def bus_on_handler_error(
     :param action: what the worker does next: ``"reply_error"`` (RPC), ``"redeliver"``,
         ``"dead_letter"``, ``"acknowledge"`` or ``"stop"`` (events).
     :return: nothing; may be a coroutine. Exceptions are logged, not raised.
+    """
+
+
+# ----------------------------------------------------------------------------------------
+# Introspection: awaited on demand, enabled plugins only.
+# ----------------------------------------------------------------------------------------
+
+
+@hookspec
+def bus_describe_apis(client: BusClient) -> Mapping[str, ApiDefinition] | None:
+    """Describe APIs this plugin knows about that may not be registered in this process
+    (from a shared schema, say), for `bus shell` completion and ``client.describe_apis()``.
+
+    Called when a tool asks, not per message. APIs registered locally win over described ones.
+
+    :param client: the bus client asking.
+    :return: a mapping of API name to its definition (RPC and event names with their
+        parameters), or None; may be a coroutine.
     """
 
 

@@ -22,9 +22,11 @@ import pluggy
 
 from bus_core import hookspecs
 from bus_core.errors import PluginError, TransportNotFound
+from bus_core.runtime import settle
 from bus_core.transports import TRANSPORT_KINDS, Serializer
 
 if TYPE_CHECKING:
+    from bus_core.api import ApiDefinition
     from bus_core.client import BusClient
     from bus_core.messages import EventMessage, RpcMessage
     from bus_core.worker import Worker
@@ -501,6 +503,17 @@ class HookFacade:
                          action: str) -> Awaitable[None]:
         return self._observe("bus_on_handler_error", client=client, message=message,
                              listener_name=listener_name, error=error, action=action)
+
+    # introspection
+    async def describe_apis(self, client: BusClient) -> dict[str, ApiDefinition]:
+        """What the enabled plugins know of APIs (later-registered plugins answer first;
+        the first answer for an API name wins)."""
+        caller = self._callers.get("bus_describe_apis")
+        described: dict[str, ApiDefinition] = {}
+        for answer in caller(client=client) if caller is not None else ():
+            for name, definition in dict(await settle(answer) or {}).items():
+                described.setdefault(name, definition)
+        return described
 
 
 def now() -> float:

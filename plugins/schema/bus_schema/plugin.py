@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from bus_core import hookimpl
 from bus_schema.commands import register_commands
+from bus_schema.outline import definition_from_schema
 from bus_schema.store import SchemaStore
 
 if TYPE_CHECKING:
+    from bus_core.api import ApiDefinition
     from bus_core.client import BusClient
     from bus_core.messages import EventMessage, RpcMessage
     from bus_core.worker import Worker
@@ -126,6 +128,15 @@ async def bus_worker_stopping(client: BusClient, worker: Worker) -> None:
     task = _refreshers.pop(worker, None)
     if task is not None:
         task.cancel()
+
+
+@hookimpl
+async def bus_describe_apis(client: BusClient) -> dict[str, ApiDefinition]:
+    """The APIs of the shared schema (and schema files), read back for help and completion."""
+    store = store_for(client)
+    await store.ensure_loaded()
+    return {name: definition_from_schema(name, document)
+            for name, document in store.known().items() if name not in client.apis}
 
 
 @hookimpl
