@@ -199,9 +199,12 @@ def _pairs_to_inspect(args: argparse.Namespace, bus: Bus) -> list[tuple[str, str
         raise UsageError("name what to inspect: --event API.EVENT, or --api API --event "
                          "EVENT (--api alone works for APIs the bus module registers)")
     definition = bus.client.api_definition(args.api)
+    if definition is None:  # perhaps a plugin knows it (bus-schema: the shared schema)
+        definition = bus.client.run_sync(bus.client.describe_apis()).get(args.api)
     if definition is None or not definition.events:
-        raise UsageError(f"API {args.api!r} is not registered by a local bus module, so its "
-                         "events are unknown here: name them with --event EVENT")
+        raise UsageError(f"API {args.api!r} is not registered by a local bus module nor "
+                         "described by the schema, so its events are unknown here: name them "
+                         "with --event EVENT")
     return [(args.api, event) for event in sorted(definition.events)]
 
 

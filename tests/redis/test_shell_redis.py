@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.core.test_cli import Running
+from tests.core.test_cli import bus as run_bus
 from tests.core.test_shell import Terminal, shell
 
 pytestmark = pytest.mark.slow
@@ -58,3 +59,18 @@ def test_tab_completes_remote_apis_from_the_schema(orders_service, tmp_path):
     finally:
         code = terminal.close()
     assert code == 0
+
+
+def test_inspect_lists_a_remote_apis_events_from_the_schema(orders_service, tmp_path):
+    fired = run_bus("fire", "--as-foreign", "orders.order_placed", "order_id=7",
+                    "customer=ada", "total_cents=900", cwd=tmp_path, env=orders_service)
+    assert fired.returncode == 0, fired.stderr
+    listed = run_bus("inspect", "--api", "orders", cwd=tmp_path, env=orders_service)
+    assert listed.returncode == 0, listed.stderr
+    assert "orders.order_placed" in listed.stdout and "customer=\"ada\"" in listed.stdout
+
+
+def test_inspect_of_an_api_nobody_describes_says_how_to_name_events(orders_service, tmp_path):
+    listed = run_bus("inspect", "--api", "billing", cwd=tmp_path, env=orders_service)
+    assert listed.returncode == 2
+    assert "name them with --event EVENT" in listed.stderr
