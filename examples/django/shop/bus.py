@@ -2,10 +2,11 @@
 
 Why not `bus = bus_core.create()` at import time, as a service's bus module does? Creating a
 client starts nothing, but its first call starts a background event-loop thread and opens
-Redis connections. gunicorn forks its workers from the master, and a fork copies neither
-threads nor, usefully, sockets: a client that was used in the master before the fork hangs
-forever on its first call in a worker. So the client is made on first use, and forgotten in a
-child right after any fork (`os.register_at_fork`), which keeps `gunicorn --preload` safe too.
+Redis connections. gunicorn forks its workers from the master, and a forked child gets a copy
+of the client without that thread (and with the parent's sockets): a client used in the
+master before the fork hangs forever on its first call in a worker. So the client is made on
+first use, and forgotten in a child right after any fork (`os.register_at_fork`), which keeps
+`gunicorn --preload` safe too.
 """
 
 from __future__ import annotations

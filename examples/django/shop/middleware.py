@@ -38,7 +38,9 @@ class BusErrorMiddleware:
             logger.error("%s %s: %s", request.method, request.path, exception)
             return JsonResponse({"error": "timeout", "message": str(exception)}, status=504)
         if isinstance(exception, TransportError):
+            # The message names the Redis host: logged, not sent.
             logger.error("%s %s: %s", request.method, request.path, exception)
-            return JsonResponse({"error": "bus_unavailable", "message": str(exception)},
+            return JsonResponse({"error": "bus_unavailable",
+                                 "message": "the bus is unavailable; try again later"},
                                 status=503)
         return None
