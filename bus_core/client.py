@@ -47,6 +47,7 @@ from bus_core.errors import (
     UnknownRpc,
     WireError,
 )
+from bus_core.logs import about, current_message
 from bus_core.messages import EventMessage, ResultMessage, RpcMessage
 from bus_core.plugins import PluginManager, now
 from bus_core.runtime import LoopThread, call_user_code, is_async_callable, run_in_fresh_loop
@@ -597,8 +598,20 @@ class BusClient:
         rpc_transport: RpcTransport = await state.transport("rpc", api_name)
         result_transport: ResultTransport = await state.transport("result", api_name)
         message.return_path = result_transport.get_return_path(message)
+        token = about(message)  # what is logged until the result is in is about this call
+        try:
+            return await self._call(message, rpc, rpc_transport, result_transport, timeout,
+                                    timeout_source)
+        finally:
+            current_message.reset(token)
+
+    async def _call(self, message: RpcMessage, rpc: RpcDefinition | None,
+                    rpc_transport: RpcTransport, result_transport: ResultTransport,
+                    timeout: float, timeout_source: str) -> Any:
+        api_name, procedure_name = message.api_name, message.procedure_name
         await self.hooks.before_rpc_call(self, message)
         started = now()
+        logger.debug("calling %s.%s()", api_name, procedure_name)
         try:
             await rpc_transport.call_rpc(message, timeout=timeout)
             result = await result_transport.receive_result(message, message.return_path,
@@ -615,8 +628,12 @@ class BusClient:
             raise
         if result.error:
             error = remote_error(message, result)
+            logger.debug("%s.%s() raised %s remotely", api_name, procedure_name,
+                         error.remote_type)
             await self.hooks.after_rpc_call(self, message, None, error, now() - started)
             raise error
+        logger.debug("%s.%s() answered in %.1f ms", api_name, procedure_name,
+                     (now() - started) * 1000)
         try:
             await self.hooks.on_rpc_result_received(self, message, result.result)
         except BaseException as exc:
@@ -651,6 +668,16 @@ class BusClient:
                                version=definition.version)
         state = await self.state()
         transport: EventTransport = await state.transport("event", api_name)
+        token = about(message)  # what is logged while it is sent is about this event
+        try:
+            await self._fire(message, transport, where, bus_options)
+        finally:
+            current_message.reset(token)
+        return message
+
+    async def _fire(self, message: EventMessage, transport: EventTransport, where: str,
+                    bus_options: dict[str, Any] | None) -> None:
+        api_name = message.api_name
         await self.hooks.before_event_fire(self, message)
         timeout, timeout_source = _timeout(bus_options,
                                            self.config.api(api_name).event_fire_timeout,
@@ -666,8 +693,8 @@ class BusClient:
         except BaseException as exc:
             await self.hooks.after_event_fire(self, message, exc, now() - started)
             raise
+        logger.debug("fired %s (native id %s)", where, message.native_id)
         await self.hooks.after_event_fire(self, message, None, now() - started)
-        return message
 
     def fire(self, api_name: str, event_name: str, kwargs: dict[str, Any],
              bus_options: dict[str, Any] | None = None) -> EventMessage:

@@ -1,7 +1,10 @@
 """Log formatters that show what a line is about: the API, RPC or event, and message id.
 
-The worker passes `extra={"bus": {"api_name": ..., "procedure_name" | "event_name": ...,
-"message_id": ...}}` on every line about a message; these formatters print it.
+While the client sends a call or an event, and while a worker handles one, the message is the
+*current message* (a context variable): every line logged meanwhile, by Bus, a transport, a
+plugin or the handler's own code, is about it. A line may also say so explicitly with
+`extra={"bus": {...}}`. These formatters print that context; `MessageContextFilter` puts it
+on the record for other formatters.
 
     handler.setFormatter(TextFormatter())   # ... [api=auth rpc=check_password id=...]
     handler.setFormatter(JsonFormatter())   # {"time": ..., "api_name": "auth", ...}
@@ -9,20 +12,61 @@ The worker passes `extra={"bus": {"api_name": ..., "procedure_name" | "event_nam
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bus_core.messages import EventMessage, RpcMessage
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _SHORT = {"api_name": "api", "procedure_name": "rpc", "event_name": "event",
           "listener_name": "listener", "message_id": "id"}
 
 
+current_message: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "bus_current_message", default=None)
+
+
+def message_fields(message: RpcMessage | EventMessage, **more: Any) -> dict[str, Any]:
+    """The log context of a message: api_name, procedure_name or event_name, message_id."""
+    fields = {"api_name": message.api_name, "message_id": message.id}
+    name = getattr(message, "procedure_name", None)
+    if name is not None:
+        fields["procedure_name"] = name
+    else:
+        fields["event_name"] = getattr(message, "event_name", None)
+    fields.update(more)
+    return fields
+
+
+def about(message: RpcMessage | EventMessage, **more: Any) -> contextvars.Token[Any]:
+    """Make `message` the current message; undo with `current_message.reset(token)`."""
+    return current_message.set(message_fields(message, **more))
+
+
 def bus_context(record: logging.LogRecord) -> dict[str, Any]:
-    """The `bus` context a log record carries (empty when it is about no message)."""
+    """The message a log record is about: its own `bus` extra, else the current message
+    (empty when it is about none)."""
     context = getattr(record, "bus", None)
-    return dict(context) if isinstance(context, dict) else {}
+    if isinstance(context, dict):
+        return dict(context)
+    current = current_message.get()
+    return dict(current) if current else {}
+
+
+class MessageContextFilter(logging.Filter):
+    """Sets `record.bus` from the current message, for formatters other than Bus's own
+    (add it to a handler; `configure()` does)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(getattr(record, "bus", None), dict):
+            current = current_message.get()
+            if current:
+                record.bus = dict(current)
+        return True
 
 
 class TextFormatter(logging.Formatter):
@@ -80,6 +124,7 @@ def configure(level: str = "INFO", log_format: str = "text") -> None:
     """Log to stderr at `level` in `log_format`, replacing the root logger's handlers."""
     handler = logging.StreamHandler()
     handler.setFormatter(formatter(log_format))
+    handler.addFilter(MessageContextFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import inspect
 import threading
@@ -66,7 +67,9 @@ async def call_user_code(fn: Callable[..., Any], is_async: bool,
     if is_async:
         return await fn(*args, **kwargs)
     loop = asyncio.get_running_loop()
-    result = await loop.run_in_executor(executor, functools.partial(fn, *args, **kwargs))
+    # In the caller's context, so the handler's log lines know the message they are about.
+    result = await loop.run_in_executor(
+        executor, contextvars.copy_context().run, functools.partial(fn, *args, **kwargs))
     if inspect.isawaitable(result):
         result = await result
     return result

@@ -28,6 +28,7 @@ from bus_core.errors import (
     UnknownRpc,
     WireError,
 )
+from bus_core.logs import about, message_fields
 from bus_core.messages import EventMessage, ResultMessage, RpcMessage
 from bus_core.plugins import now
 from bus_core.transports import EventConsumer, EventDelivery, MalformedRpc, RpcConsumer
@@ -43,15 +44,6 @@ LOCK_TTL = 15.0  # seconds a single task's lock outlives a crashed holder
 
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _log_context(message: RpcMessage | EventMessage, **more: Any) -> dict[str, Any]:
-    context = {"api_name": message.api_name, "message_id": message.id, **more}
-    if isinstance(message, RpcMessage):
-        context["procedure_name"] = message.procedure_name
-    else:
-        context["event_name"] = message.event_name
-    return {"bus": context}
 
 
 class _Loop:
@@ -405,6 +397,7 @@ class Worker:
             await self._answer_malformed(item)
             return
         message = item
+        about(message)  # this task's log lines (the procedure's too) are about the call
         where = f"{message.api_name}.{message.procedure_name}()"
         started = now()
         result: Any = None
@@ -427,7 +420,7 @@ class Worker:
         await client.hooks.after_rpc_execution(client, message, result, error, now() - started)
         if error is not None:
             logger.warning("%s raised %s: %s", where, type(error).__name__, error,
-                           extra=_log_context(message))
+                           extra={"bus": message_fields(message)})
             await client.hooks.on_handler_error(client, message, None, error, "reply_error")
             reply = error_result(message, error)
         else:
@@ -449,7 +442,7 @@ class Worker:
         except Exception:
             logger.exception("sending the result of %s.%s() to %r failed", message.api_name,
                              message.procedure_name, message.return_path,
-                             extra=_log_context(message))
+                             extra={"bus": message_fields(message)})
 
     async def _answer_malformed(self, item: MalformedRpc) -> None:
         logger.warning("received a malformed RPC call: %s", item.problem,
@@ -496,6 +489,7 @@ class Worker:
         if not listener.wants(message.api_name, message.event_name):
             acker.ack(delivery)  # another event on a shared stream
             return
+        about(message, listener_name=listener.name)  # this task's log lines are about it
         started = now()
         error: BaseException | None = None
         try:
@@ -514,7 +508,7 @@ class Worker:
         logger.warning(
             "listener %s failed on %s (id %s, delivery %d): %s: %s -> %s", listener.name,
             message.canonical_name, message.id, delivery.delivery_count, type(error).__name__,
-            error, action, extra=_log_context(message, listener_name=listener.name),
+            error, action, extra={"bus": message_fields(message, listener_name=listener.name)},
         )
         await client.hooks.on_handler_error(client, message, listener.name, error, action)
         try:
@@ -532,7 +526,7 @@ class Worker:
         except Exception:
             logger.exception("settling a failed event %s failed; it will be redelivered",
                              message.id,
-                             extra=_log_context(message, listener_name=listener.name))
+                             extra={"bus": message_fields(message, listener_name=listener.name)})
 
     @staticmethod
     def _action_for(listener: Listener, api_config: Any, delivery: EventDelivery,

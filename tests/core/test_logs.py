@@ -5,15 +5,24 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from bus_core import Bus
+from bus_core import Bus, hookimpl
 from bus_core.config import BUS_DEFAULTS, config_schema, validate_document
-from bus_core.logs import JsonFormatter, TextFormatter, configure, formatter
+from bus_core.logs import (
+    JsonFormatter,
+    MessageContextFilter,
+    TextFormatter,
+    about,
+    configure,
+    current_message,
+    formatter,
+)
+from bus_core.messages import EventMessage
 from tests.apis import AuthApi
-from tests.helpers import serving
+from tests.helpers import eventually, serving
 
 RPC_CONTEXT = {"bus": {"api_name": "auth", "message_id": "m1",
                        "procedure_name": "check_password"}}
@@ -101,3 +110,100 @@ async def test_a_failing_rpc_is_logged_with_its_context(make_bus: Callable[..., 
     assert context["api_name"] == "auth" and context["procedure_name"] == "fail"
     assert context["message_id"]
     assert "[api=auth " in TextFormatter().format(line)
+
+
+class Collect(logging.Handler):
+    """Keeps records as a log handler with Bus's filter sees them at emit time."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.addFilter(MessageContextFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def about(self, text: str) -> dict[str, object]:
+        (found,) = [r for r in self.records if r.getMessage().startswith(text)]
+        return getattr(found, "bus", {})
+
+
+@pytest.fixture
+def collected() -> Iterator[Collect]:
+    handler = Collect()
+    logger = logging.getLogger()
+    saved = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(saved)
+
+
+class LogsAround:
+    """A plugin logging from inside the client's send path, as a transport or plugin might."""
+
+    @hookimpl
+    def bus_before_rpc_call(self, message):
+        logging.getLogger("test.plugin").info("plugin saw a call")
+
+    @hookimpl
+    def bus_after_event_fire(self, message):
+        logging.getLogger("test.plugin").info("plugin saw a fire")
+
+
+async def test_client_side_lines_carry_the_message_they_are_about(
+        make_bus: Callable[..., Bus], collected: Collect) -> None:
+    server, caller = make_bus(), make_bus(plugins=[LogsAround()])
+    server.client.register_api(AuthApi())
+    caller.client.register_api(AuthApi())
+    async with serving(server):
+        await caller.auth.check_password.call_async(username="a", password="b")
+        fired = await caller.auth.user_registered.fire_async(username="a", email="a@x")
+    logging.getLogger("test.plugin").info("after everything")
+    call = collected.about("plugin saw a call")
+    assert (call["api_name"], call["procedure_name"]) == ("auth", "check_password")
+    assert call["message_id"] == collected.about("calling auth.check_password()")[
+        "message_id"]
+    assert collected.about("auth.check_password() answered in")["message_id"] == \
+        call["message_id"]
+    fire = collected.about("plugin saw a fire")
+    assert fire == {"api_name": "auth", "event_name": "user_registered",
+                    "message_id": fired.id}
+    assert collected.about("after everything") == {}  # the context ends with the call
+
+
+async def test_handler_code_logs_with_the_message_it_handles(
+        make_bus: Callable[..., Bus], collected: Collect) -> None:
+    bus = make_bus()
+    bus.client.register_api(AuthApi())
+    handled: list[str] = []
+
+    def sync_handler(event: EventMessage, username: str) -> None:  # runs in the pool
+        logging.getLogger("test.handler").info("sync handler for %s", username)
+        handled.append(username)
+
+    async def async_handler(event: EventMessage, username: str) -> None:
+        logging.getLogger("test.handler").info("async handler for %s", username)
+        handled.append(username)
+
+    bus.auth.user_registered.listen(sync_handler, listener_name="sync_one")
+    bus.auth.user_registered.listen(async_handler, listener_name="async_one")
+    async with serving(bus):
+        fired = await bus.auth.user_registered.fire_async(username="ada", email="a@x")
+        await eventually(lambda: len(handled) == 2)
+    for text, listener in (("sync handler for ada", "sync_one"),
+                           ("async handler for ada", "async_one")):
+        assert collected.about(text) == {"api_name": "auth", "event_name": "user_registered",
+                                         "message_id": fired.id, "listener_name": listener}
+
+
+def test_bus_formatters_read_the_current_message_themselves() -> None:
+    message = EventMessage(api_name="auth", event_name="user_registered", kwargs={})
+    token = about(message)
+    try:
+        line = TextFormatter().format(record("handled"))
+    finally:
+        current_message.reset(token)
+    assert line.endswith(f"handled [api=auth event=user_registered id={message.id}]")
+    assert TextFormatter().format(record("handled")).endswith("handled")
