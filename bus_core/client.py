@@ -18,6 +18,7 @@ import concurrent.futures
 import dataclasses
 import inspect
 import logging
+import os
 import sys
 import threading
 import traceback
@@ -62,6 +63,19 @@ T = TypeVar("T")
 Procedure = tuple[Callable[..., Any], bool, RpcDefinition, dict[str, Any]]
 logger = logging.getLogger("bus.client")
 _RESERVED_KWARGS = ("bus_options",)
+_CLIENTS: weakref.WeakSet[BusClient] = weakref.WeakSet()
+# What clients had before a fork, kept alive in the child and never closed there: closing or
+# collecting it would shut down sockets the parent still uses.
+_INHERITED: list[Any] = []
+
+
+def _forget_what_the_parent_had() -> None:
+    for client in list(_CLIENTS):
+        client._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_what_the_parent_had)
 
 
 # -- listeners and scheduled tasks ---------------------------------------------------------
@@ -269,6 +283,19 @@ class BusClient:
         self.running_workers: list[Worker] = []
         self._warned_blocking = False
         self.closed = False
+        _CLIENTS.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child (gunicorn --preload, multiprocessing): the parent's loop thread,
+        thread pool and connections are not this process's; start afresh on first use."""
+        _INHERITED.append((self._loop_thread, list(self._states.items()), self._executor,
+                           self._background_worker, list(self.running_workers)))
+        self._loop_thread = None
+        self._states = weakref.WeakKeyDictionary()
+        self._executor = None
+        self._lock = threading.Lock()
+        self._background_worker = None
+        self.running_workers = []
 
     def __repr__(self) -> str:
         return (f"<BusClient service={self.config.service_name!r} "
@@ -531,6 +558,8 @@ class BusClient:
 
     @property
     def loop_thread(self) -> LoopThread:
+        if self.closed:
+            raise BusError("this bus client is closed")
         if self._loop_thread is None:
             with self._lock:
                 if self.closed:
@@ -541,7 +570,11 @@ class BusClient:
 
     def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine of this client from sync code on any thread and return its result."""
-        thread = self.loop_thread
+        try:
+            thread = self.loop_thread
+        except BusError:
+            coro.close()  # never started: no "never awaited" warning
+            raise
         if threading.current_thread() is thread.thread:
             # A sync call made on the background loop's own thread: blocking that loop on
             # itself would deadlock, so the call runs on a private loop in a helper thread.
@@ -748,18 +781,20 @@ class BusClient:
             await asyncio.wrap_future(self._loop_thread.submit(self.close_async()))
 
     def close(self) -> None:
-        """Stop the background worker and loop, close transports and the thread pool."""
-        if self.closed:
-            return
-        if self._background_worker is not None:
-            self.stop_worker()
-        if self._loop_thread is not None:
-            thread = self._loop_thread
-            state = self._states.get(thread.loop)
-            if state is not None:
+        """Stop the background worker and loop, close transports and the thread pool.
+        Sync calls still in flight on other threads fail with BusError; later ones too."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        worker, self._background_worker = self._background_worker, None
+        thread = self._loop_thread
+        if thread is not None:
+            if worker is not None:
+                thread.run(worker.stop())
+            if thread.loop in self._states:
                 thread.run(self._close_state(thread.loop))
             thread.stop()
-        self.closed = True
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 

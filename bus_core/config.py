@@ -350,8 +350,11 @@ class Config:
         self.bus: dict[str, Any] = _deep_merge(BUS_DEFAULTS, bus)
         if not self.bus["service_name"]:
             self.bus["service_name"] = default_service_name
+        # A default process name follows the pid, so a forked child names itself anew.
+        self._named_for_pid: int | None = None
         if not self.bus["process_name"]:
             self.bus["process_name"] = default_process_name()
+            self._named_for_pid = os.getpid()
         apis = dict(document.get("apis") or {})
         self._api_default = _deep_merge(API_DEFAULTS, apis.pop("default", None) or {})
         self._api_overrides = apis
@@ -366,6 +369,9 @@ class Config:
 
     @property
     def process_name(self) -> str:
+        if self._named_for_pid is not None and self._named_for_pid != os.getpid():
+            self.bus["process_name"] = default_process_name()
+            self._named_for_pid = os.getpid()
         return str(self.bus["process_name"])
 
     @property

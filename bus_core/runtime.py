@@ -12,6 +12,8 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from bus_core.errors import BusError
+
 T = TypeVar("T")
 
 
@@ -20,6 +22,7 @@ class LoopThread:
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
+        self.stopping = False
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
@@ -31,6 +34,14 @@ class LoopThread:
         try:
             self.loop.run_forever()
         finally:
+            self.stopping = True
+            # Whatever is still running (a call from another thread while the client closes)
+            # is cancelled, so its caller gets an error instead of waiting forever.
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 
@@ -39,14 +50,26 @@ class LoopThread:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on this loop and block the calling thread for its result."""
-        future = self.submit(coro)
+        if self.loop.is_closed() or not self.thread.is_alive():
+            coro.close()
+            raise BusError("this bus client is closed")
+        try:
+            future = self.submit(coro)
+        except RuntimeError:  # the loop closed meanwhile
+            coro.close()
+            raise BusError("this bus client is closed") from None
         try:
             return future.result()
         except KeyboardInterrupt:
             future.cancel()
             raise
+        except concurrent.futures.CancelledError:
+            if not self.stopping:
+                raise
+            raise BusError("the bus client was closed while this call was in flight") from None
 
     def stop(self) -> None:
+        self.stopping = True
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
         if threading.current_thread() is not self.thread:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 
 import pytest
 
 from bus_core import EventMessage, RemoteError, RpcTimeout
 from tests.apis import AuthApi
+from tests.core.test_lifetime import run_in_child
 
 
 def test_rpc_and_event_between_two_clients(make_redis_bus):
@@ -36,3 +39,24 @@ def test_rpc_to_an_api_nobody_serves_times_out(make_redis_bus):
     caller = make_redis_bus(rpc_timeout=0.3)
     with pytest.raises(RpcTimeout, match="billing.charge"):
         caller.billing.charge(amount=1)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork")
+def test_a_client_used_before_fork_works_in_the_child(make_redis_bus):
+    """gunicorn --preload: the master calls, then forks workers that call on their own
+    connections (the parent's stay the parent's)."""
+    server, caller = make_redis_bus(), make_redis_bus(service_name="caller")
+    server.client.register_api(AuthApi())
+    server.client.start_worker()
+    assert caller.auth.check_password(username="admin", password="secret") is True
+
+    def child() -> str:
+        alarm = threading.Timer(20, lambda: os._exit(3))  # a hang fails the test
+        alarm.start()
+        answer = caller.auth.check_password(username="admin", password="secret")
+        caller.close()
+        alarm.cancel()
+        return str(answer)
+
+    assert run_in_child(child) == "True"
+    assert caller.auth.check_password(username="admin", password="nope") is False

@@ -1,12 +1,10 @@
-"""The web app's bus client: one per process, created in the process that uses it.
+"""The web app's bus client: one per process, shared by the request threads, made on first
+use (`ShopConfig.ready()` makes it at start-up, so a bad config stops the boot).
 
-Why not `bus = bus_core.create()` at import time, as a service's bus module does? Creating a
-client starts nothing, but its first call starts a background event-loop thread and opens
-Redis connections. gunicorn forks its workers from the master, and a forked child gets a copy
-of the client without that thread (and with the parent's sockets): a client used in the
-master before the fork hangs forever on its first call in a worker. So the client is made on
-first use, and forgotten in a child right after any fork (`os.register_at_fork`), which keeps
-`gunicorn --preload` safe too.
+Creating a client connects nothing; its first call starts a background event-loop thread and
+opens Redis connections. A gunicorn worker forked from a master that already used the client
+(`--preload`) starts its own thread and connections on its first call: Bus forgets the
+parent's in a forked child.
 """
 
 from __future__ import annotations
@@ -55,14 +53,3 @@ def close_bus() -> None:
     if bus is not None:
         bus.close()
         logger.info("closed the bus client of process %s", os.getpid())
-
-
-def _forget_after_fork() -> None:
-    """In a forked child: drop the parent's client (its loop thread did not survive the fork,
-    and closing it would wait on that thread) and the parent's lock."""
-    global _bus, _lock, _closed
-    _bus, _lock, _closed = None, threading.Lock(), False
-
-
-if hasattr(os, "register_at_fork"):  # POSIX, where gunicorn runs
-    os.register_at_fork(after_in_child=_forget_after_fork)
