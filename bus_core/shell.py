@@ -22,7 +22,6 @@ import concurrent.futures
 import inspect
 import rlcompleter
 import sys
-import threading
 import traceback
 import types
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any
 
 from bus_core.client import Bus, BusPath
 from bus_core.errors import BusError
+from bus_core.runtime import LoopThread
 
 DESCRIBE_TIMEOUT = 5.0
 _PATH_METHODS = frozenset({"call_async", "fire", "fire_async", "listen", "listen_async",
@@ -40,27 +40,17 @@ class ShellLoop:
     """An event loop in a daemon thread that runs what is awaited at the prompt."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="bus-shell-loop",
-                                        daemon=True)
-        self._thread.start()
+        self._thread = LoopThread("bus-shell-loop")
 
     def run(self, awaitable: Any) -> Any:
         """Wait for `awaitable` on the shell loop; Ctrl-C cancels it and re-raises."""
-        future = asyncio.run_coroutine_threadsafe(_awaited(awaitable), self.loop)
         try:
-            return future.result()
-        except KeyboardInterrupt:
-            future.cancel()
-            raise
-        except concurrent.futures.CancelledError:
+            return self._thread.run(_awaited(awaitable))
+        except concurrent.futures.CancelledError:  # cancelled from inside: as Ctrl-C
             raise KeyboardInterrupt from None
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        if not self.loop.is_running():
-            self.loop.close()
+        self._thread.stop()
 
 
 async def _awaited(awaitable: Any) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -218,3 +219,20 @@ async def test_plugins_that_are_not_enabled_are_not_asked(make_bus):
     assert await bus.client.describe_apis() == {}
     bus.client.plugins.register(DescribesShop(), "describes-shop-too", enabled=True)
     assert sorted(await bus.client.describe_apis()) == ["shop", "shop.orders"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_ctrl_c_stops_a_long_await_and_keeps_the_prompt():
+    terminal = Terminal(QUICKSTART)
+    try:
+        terminal.expect(">>> ")
+        terminal.type("await asyncio.sleep(60)\n")
+        terminal.expect("await asyncio.sleep(60)\r\n")
+        terminal.process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        terminal.expect("KeyboardInterrupt")
+        terminal.expect(">>> ")
+        terminal.type("6 * 7\n")
+        terminal.expect("42\r\n>>> ")
+    finally:
+        code = terminal.close()
+    assert code == 0
