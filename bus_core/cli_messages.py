@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from bus_core.client import Bus
-from bus_core.errors import BusError, RemoteError
+from bus_core.errors import BusError, RemoteError, RpcTimeout
 from bus_core.messages import EventMessage
 
 POLL_SECONDS = 0.5
@@ -122,13 +122,33 @@ def _options(args: argparse.Namespace) -> dict[str, Any] | None:
 # -- bus call / bus fire ---------------------------------------------------------------------
 
 
+def refuse_memory(bus: Bus, api_name: str, kind: str, verb: str, outcome: str) -> None:
+    """A command that reaches other processes cannot work on the in-memory transport: say
+    so at once instead of waiting for nothing."""
+    from bus_core.cli import CommandFailed
+
+    if bus.client.config.api(api_name).transport(kind)[0] == "memory":
+        raise CommandFailed(
+            f"API {api_name!r} is on the in-memory transport, which reaches only this "
+            f"process: `bus {verb}` {outcome}. Point BUS_CONFIG (or -c) at a config with a "
+            "shared transport such as redis (see the Redis transport reference)")
+
+
 def cmd_call(args: argparse.Namespace) -> int:
     """Call an RPC and print its result."""
     api_name, name = split_target(args.target, "rpc")
     kwargs = parse_pairs(args.arguments)
     with client_bus(args) as bus:
+        refuse_memory(bus, api_name, "rpc", "call", "serves nothing, so no worker could answer")
         try:
             result = bus.client.call_rpc(api_name, name, kwargs, _options(args))
+        except RpcTimeout:
+            seconds = args.timeout or bus.client.config.api(api_name).rpc_timeout
+            source = "--timeout" if args.timeout else f"apis.{api_name}.rpc_timeout"
+            print(f"bus: error: {api_name}.{name}() got no result within {seconds:g}s "
+                  f"({source}): no worker serving API {api_name!r} answered in time (none "
+                  "running, all busy, or the RPC is slower than that)", file=sys.stderr)
+            return 1
         except RemoteError as exc:
             print(f"bus: error: {api_name}.{name}() raised {exc.remote_type}: "
                   f"{exc.remote_message}", file=sys.stderr)
@@ -149,6 +169,8 @@ def cmd_fire(args: argparse.Namespace) -> int:
     api_name, name = split_target(args.target, "event")
     kwargs = parse_pairs(args.arguments)
     with client_bus(args) as bus:
+        refuse_memory(bus, api_name, "event", "fire",
+                      "would put the event where no other process can see it")
         if args.as_foreign:
             message = bus.client.run_sync(fire_foreign(bus, api_name, name, kwargs,
                                                        args.timeout))
@@ -193,8 +215,11 @@ async def fire_foreign(bus: Bus, api_name: str, event_name: str, kwargs: dict[st
 def _pairs_to_inspect(args: argparse.Namespace, bus: Bus) -> list[tuple[str, str]]:
     if args.event:
         if args.api:
-            return [(args.api, event) for event in args.event]
-        return [split_target(event, "event") for event in args.event]
+            pairs = [(args.api, event) for event in args.event]
+        else:
+            pairs = [split_target(event, "event") for event in args.event]
+        _refuse_unknown_events(bus, pairs)
+        return pairs
     if not args.api:
         raise UsageError("name what to inspect: --event API.EVENT, or --api API --event "
                          "EVENT (--api alone works for APIs the bus module registers)")
@@ -206,6 +231,21 @@ def _pairs_to_inspect(args: argparse.Namespace, bus: Bus) -> list[tuple[str, str
                          "described by the schema, so its events are unknown here: name them "
                          "with --event EVENT")
     return [(args.api, event) for event in sorted(definition.events)]
+
+
+def _refuse_unknown_events(bus: Bus, pairs: list[tuple[str, str]]) -> None:
+    """A misspelled event of an API known here (registered, or described by the schema) is
+    a usage error, not an empty listing."""
+    described: dict[str, Any] | None = None
+    for api_name, event_name in pairs:
+        definition = bus.client.api_definition(api_name)
+        if definition is None:
+            if described is None:
+                described = bus.client.run_sync(bus.client.describe_apis())
+            definition = described.get(api_name)
+        if definition is not None and event_name not in definition.events:
+            raise UsageError(f"API {api_name!r} has no event {event_name!r}; its events: "
+                             f"{', '.join(sorted(definition.events)) or 'none'}")
 
 
 def _key(message: EventMessage) -> tuple[datetime, str]:
@@ -328,6 +368,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     with client_bus(args) as bus:
         pairs = _pairs_to_inspect(args, bus)
+        for api_name in sorted({api for api, _ in pairs}):
+            refuse_memory(bus, api_name, "event", "inspect",
+                          "would only ever see this process's own (empty) history")
         inspection = Inspection(args, bus, pairs, emit)
         try:
             return bus.client.run_sync(inspection.run())
@@ -350,7 +393,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
                                   description=f"{help_text[0].upper()}{help_text[1:]}.")
         sub.add_argument("target", metavar=f"API.{kind}",
                          help=f"the API and the {noun}'s name, e.g. {example}")
-        sub.add_argument("arguments", nargs="*", metavar="KEY=VALUE",
+        sub.add_argument("arguments", nargs="*", default=[], metavar="KEY=VALUE",
                          help="arguments; values are JSON where they parse, strings "
                               "otherwise: n=3 name=ada tags='[\"a\"]'")
         sub.add_argument("-j", "--json", action="store_true", help=f"print {printed} as JSON")

@@ -208,8 +208,16 @@ def parse_document(text: str | bytes, origin: str) -> dict[str, Any]:
     try:
         is_json = origin.lower().endswith(".json")
         document = json.loads(text) if is_json else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config {origin} is not valid YAML/JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config {origin} is not valid JSON: line {exc.lineno}, column "
+                          f"{exc.colno}: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        raise ConfigError(f"config {origin} is not valid YAML{where}: "
+                          + (f"{context}, {problem}" if context else problem)) from None
     if document is None:
         return {}
     if not isinstance(document, dict):

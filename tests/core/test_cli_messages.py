@@ -180,3 +180,42 @@ def test_fire_then_inspect_then_follow(shop, server):
 
     with server.client() as client:
         assert client.xinfo_groups("shop.*:stream") == []
+
+
+def test_on_the_in_memory_default_call_fire_and_inspect_say_why_they_cannot_work(tmp_path):
+    (tmp_path / "bus.py").write_text(textwrap.dedent(SERVICE))
+    for args, outcome in ((["call", "shop.price", "item=tea"], "serves nothing"),
+                          (["fire", "shop.ordered", "item=tea", "qty=1"], "no other process"),
+                          (["inspect", "-e", "shop.ordered", "-f"], "empty) history")):
+        result = subprocess.run([*BUS, *args], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=30, env={k: v for k, v in os.environ.items()
+                                                 if k != "BUS_CONFIG"})
+        assert result.returncode == 1, args
+        assert "API 'shop' is on the in-memory transport" in result.stderr, args
+        assert outcome in result.stderr, args
+
+
+def test_with_redis_down_each_command_says_so_in_one_line(tmp_path):
+    (tmp_path / "bus.py").write_text(textwrap.dedent(SERVICE))
+    config = redis_config(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    config["plugins"] = {"state": {"enabled": True}}
+    (tmp_path / "bus.yaml").write_text(yaml.safe_dump(config))
+    for args in (["call", "shop.price", "item=tea"], ["fire", "shop.ordered", "item=t", "qty=1"],
+                 ["inspect", "-e", "shop.ordered"], ["inspect", "-a", "shop"], ["state"]):
+        result = bus(tmp_path, *args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert "is unreachable" in result.stderr and "Traceback" not in result.stderr, args
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+
+
+def test_inspect_refuses_a_misspelled_event_of_a_known_api(shop):
+    result = bus(shop, "inspect", "-e", "shop.orderd")
+    assert result.returncode == 2
+    assert "API 'shop' has no event 'orderd'; its events: ordered" in result.stderr
+
+
+def test_call_timeout_says_where_it_came_from(shop):
+    result = bus(shop, "call", "shop.price", "item=tea", "-t", "0.3")  # no worker runs
+    assert result.returncode == 1
+    assert ("shop.price() got no result within 0.3s (--timeout): no worker serving API 'shop' "
+            "answered in time") in result.stderr

@@ -137,8 +137,13 @@ def test_transport_options_are_validated_by_the_plugins_schema(manager):
 
 
 def test_malformed_yaml_and_missing_file(tmp_path, manager):
-    path = write(tmp_path, "broken.yaml", "bus: [unclosed")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    path = write(tmp_path, "broken.yaml", "bus:\n  service_name: x\n key: [1,\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml is not valid YAML at line 3, column 2: "
+                                          r"while parsing a block mapping, expected <block end>"):
+        load_config(path, manager, environ={})
+    path = write(tmp_path, "broken.json", '{"bus": {,}}')
+    with pytest.raises(ConfigError, match=r"broken.json is not valid JSON: line 1, column 10: "
+                                          r"Expecting property name"):
         load_config(path, manager, environ={})
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(str(tmp_path / "nope.yaml"), manager, environ={})

@@ -187,7 +187,10 @@ class RedisEventTransport(RedisTransport, EventTransport):
             else "+"
         low = stream_id_from_datetime(start) if start else "-"
         while True:
-            entries = await self.redis.xrevrange(stream, max=high, min=low, count=self.batch_size)
+            entries = await redis_call(
+                self.url, f"cannot read the history of {api_name}.{event_name}",
+                lambda high=high: self.redis.xrevrange(stream, max=high, min=low,
+                                                       count=self.batch_size))
             if not entries:
                 return
             for entry_id, fields in entries:
@@ -206,10 +209,13 @@ class RedisEventTransport(RedisTransport, EventTransport):
 
     async def lag(self, api_name: str, event_name: str, listener_name: str) -> int:
         stream = self.stream_name(api_name, event_name)
-        group = self.group_name(listener_name)
+        return await redis_call(self.url, f"cannot read the lag of {listener_name!r}",
+                                lambda: self._lag(stream, self.group_name(listener_name)))
+
+    async def _lag(self, stream: str, group: str) -> int:
         try:
             groups = await self.redis.xinfo_groups(stream)
-        except ResponseError:
+        except ResponseError:  # no such stream yet
             return 0
         for info in groups:
             if _text(info["name"]) == group:
