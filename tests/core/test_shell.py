@@ -3,6 +3,7 @@ plus the completer's answers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,11 @@ class Terminal:
     def type(self, keys: str) -> None:
         os.write(self.leader, keys.encode())
 
+    def say(self, keys: str, shows: str) -> None:
+        """Type `keys`, then wait until the terminal shows `shows`."""
+        self.type(keys)
+        self.expect(shows)
+
     def expect(self, text: str, timeout: float = 20) -> None:
         """Wait until the terminal shows `text` (after what earlier expects matched)."""
         deadline = time.monotonic() + timeout
@@ -169,22 +176,29 @@ class Terminal:
             os.close(self.leader)
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
-def test_tab_completes_in_a_real_terminal():
-    terminal = Terminal(QUICKSTART)
+@contextlib.contextmanager
+def shell_in_terminal(cwd: Path, env: dict[str, str] | None = None) -> Iterator[Terminal]:
+    """`bus shell` at its first prompt; left with Ctrl-D, which must exit 0."""
+    terminal = Terminal(cwd, env)
+    finished = False
     try:
         terminal.expect(">>> ")
-        terminal.type("bus.client.start_worker() and None\n")
-        terminal.expect(">>> ")
-        terminal.type("bus.au\t")
-        terminal.expect("bus.auth")
-        terminal.type(".check_p\t")
-        terminal.expect(".check_password(")
-        terminal.type('username="admin", password="secret")\n')
-        terminal.expect("True\r\n>>> ")  # the next prompt: readline reads again
+        yield terminal
+        finished = True
     finally:
         code = terminal.close()
-    assert code == 0
+    if finished:
+        assert code == 0, terminal.shown
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_tab_completes_in_a_real_terminal():
+    with shell_in_terminal(QUICKSTART) as terminal:
+        terminal.say("bus.client.start_worker() and None\n", ">>> ")
+        terminal.say("bus.au\t", "bus.auth")
+        terminal.say(".check_p\t", ".check_password(")
+        # The next prompt shows readline reads again.
+        terminal.say('username="admin", password="secret")\n', "True\r\n>>> ")
 
 
 class DescribesShop:
@@ -223,16 +237,9 @@ async def test_plugins_that_are_not_enabled_are_not_asked(make_bus):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
 def test_ctrl_c_stops_a_long_await_and_keeps_the_prompt():
-    terminal = Terminal(QUICKSTART)
-    try:
-        terminal.expect(">>> ")
-        terminal.type("await asyncio.sleep(60)\n")
-        terminal.expect("await asyncio.sleep(60)\r\n")
+    with shell_in_terminal(QUICKSTART) as terminal:
+        terminal.say("await asyncio.sleep(60)\n", "await asyncio.sleep(60)\r\n")
         terminal.process.send_signal(signal.SIGINT)  # what Ctrl-C sends
         terminal.expect("KeyboardInterrupt")
         terminal.expect(">>> ")
-        terminal.type("6 * 7\n")
-        terminal.expect("42\r\n>>> ")
-    finally:
-        code = terminal.close()
-    assert code == 0
+        terminal.say("6 * 7\n", "42\r\n>>> ")

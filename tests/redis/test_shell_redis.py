@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.core.test_cli import Running
 from tests.core.test_cli import bus as run_bus
-from tests.core.test_shell import Terminal, shell
+from tests.core.test_shell import shell, shell_in_terminal
 
 pytestmark = pytest.mark.slow
 SCHEMA_EXAMPLE = ROOT / "examples" / "schema"
@@ -47,18 +47,10 @@ def test_shell_without_the_services_code_knows_its_apis_from_the_schema(orders_s
 
 
 def test_tab_completes_remote_apis_from_the_schema(orders_service, tmp_path):
-    terminal = Terminal(tmp_path, env=orders_service)
-    try:
-        terminal.expect(">>> ")
-        terminal.type("bus.ord\t")
-        terminal.expect("bus.orders")
-        terminal.type(".pl\t")
-        terminal.expect(".place_order(")
-        terminal.type('customer="bo", lines=[])\n')
-        terminal.expect("'total_cents': 0}\r\n>>> ")
-    finally:
-        code = terminal.close()
-    assert code == 0
+    with shell_in_terminal(tmp_path, env=orders_service) as terminal:
+        terminal.say("bus.ord\t", "bus.orders")
+        terminal.say(".pl\t", ".place_order(")
+        terminal.say('customer="bo", lines=[])\n', "'total_cents': 0}\r\n>>> ")
 
 
 def test_inspect_lists_a_remote_apis_events_from_the_schema(orders_service, tmp_path):
