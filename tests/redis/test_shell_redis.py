@@ -30,7 +30,8 @@ def test_shell_without_the_services_code_knows_its_apis_from_the_schema(orders_s
     result = shell(
         "bus.orders\n"
         'bus.orders.place_order(customer="ada", lines=[{"sku": "tea", "quantity": 2}])\n'
-        'bus.orders.place_order(customer=7, lines=[])\n',
+        'bus.orders.place_order(customer=7, lines=[])\n'
+        'bus.orders.place_ordr(customer="ada", lines=[])\n',
         cwd=tmp_path, env=orders_service,
     )
     assert result.returncode == 0, result.stderr
@@ -43,7 +44,10 @@ def test_shell_without_the_services_code_knows_its_apis_from_the_schema(orders_s
     # Validated against the live schema before sending: one readable line.
     assert ("SchemaValidationError: orders.place_order() parameter 'customer': 7 does not "
             "match the schema: 7 is not of type 'string'") in result.stderr.splitlines()
-    assert "Traceback" not in result.stderr
+    # A misspelled RPC is refused before sending: the published schema lacks it.
+    assert ("UnknownRpc: API 'orders' has no RPC 'place_ordr' in the schema its workers "
+            "publish; its RPCs: place_order") in result.stderr.splitlines()
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr
 
 
 def test_tab_completes_remote_apis_from_the_schema(orders_service, tmp_path):

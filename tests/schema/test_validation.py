@@ -14,8 +14,18 @@ from typing import Any
 import pytest
 from bus_memory import MemoryEventTransport, get_broker
 from bus_schema import CompiledSchema, SchemaValidationError, api_schema
+from bus_schema import plugin as schema_plugin
 
-from bus_core import Api, Bus, Event, EventMessage, RemoteError, RpcTimeout, UnknownApi
+from bus_core import (
+    Api,
+    Bus,
+    Event,
+    EventMessage,
+    RemoteError,
+    RpcTimeout,
+    UnknownApi,
+    UnknownRpc,
+)
 from tests.conftest import memory_config
 from tests.helpers import event_transport, eventually, serving
 from tests.schema.conftest import with_schema
@@ -365,7 +375,7 @@ async def test_strict_mode_refuses_an_api_without_a_schema(make_bus, broker_name
     strict = make_bus(config=config, service_name="strict")
     with pytest.raises(RpcTimeout):  # known: it goes out
         await strict.shop.total.call_async(amount="1", bus_options=SHORT)
-    with pytest.raises(UnknownApi, match=r"shop\.refund"):  # known API, unknown RPC
+    with pytest.raises(UnknownRpc, match=r"no RPC 'refund'"):  # known API, unknown RPC
         await strict.shop.refund.call_async(amount="1", bus_options=SHORT)
     assert queued(broker_name) == 1
 
@@ -435,13 +445,35 @@ async def test_every_type_travels_through_a_validating_bus(make_bus, broker_name
                 assert await rpc.call_async(value=value) == value, case.label
 
 
-async def test_an_rpc_missing_from_a_known_schema_warns_once(make_bus, broker_name) -> None:
+async def test_an_rpc_missing_from_the_published_schema_is_refused_before_sending(
+        make_bus, broker_name) -> None:
     await publish_shop(make_bus, broker_name)
     caller = make_bus(config=shop_config(broker_name), service_name="caller")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(2):
-            with pytest.raises(RpcTimeout):
-                await caller.shop.refund.call_async(amount=1.5, bus_options=SHORT)
-    runtime = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    assert len(runtime) == 1 and "shop.refund" in runtime[0], runtime
+    with pytest.raises(UnknownRpc) as refused:
+        await caller.shop.refnud.call_async(amount=1.5)
+    assert str(refused.value) == ("API 'shop' has no RPC 'refnud' in the schema its workers "
+                                  "publish; its RPCs: price, sloppy_total, total")
+    assert queued(broker_name) == 0
+
+
+class NewerShopApi(ShopApi):
+    """The `shop` service after a release that added an RPC."""
+
+    class Meta:
+        name = "shop"
+
+    def refund(self, amount: float) -> str:
+        return str(amount)
+
+
+async def test_an_rpc_published_since_the_last_load_is_found_by_one_reload(
+        make_bus, broker_name, monkeypatch) -> None:
+    await publish_shop(make_bus, broker_name)
+    caller = make_bus(config=shop_config(broker_name), service_name="caller")
+    with pytest.raises(UnknownRpc):
+        await caller.shop.refund.call_async(amount=1.5)  # loads the schema: no refund yet
+    newer = make_bus(config=shop_config(broker_name), service_name="publisher")
+    newer.client.register_api(NewerShopApi())
+    monkeypatch.setattr(schema_plugin, "RELOAD_FOR_UNKNOWN_RPC", 0.0)  # "a while later"
+    async with serving(newer):
+        assert await caller.shop.refund.call_async(amount=1.5) == "1.5"

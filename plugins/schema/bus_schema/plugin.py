@@ -19,6 +19,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from bus_core import hookimpl
+from bus_core.errors import UnknownRpc
 from bus_schema.commands import register_commands
 from bus_schema.outline import definition_from_schema
 from bus_schema.store import SchemaStore
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("bus.schema")
 PLUGIN_NAME = "schema"
+RELOAD_FOR_UNKNOWN_RPC = 1.0  # seconds: how stale the schema may be before an unknown RPC
 
 _stores: weakref.WeakKeyDictionary[Any, SchemaStore] = weakref.WeakKeyDictionary()
 _refreshers: weakref.WeakKeyDictionary[Any, asyncio.Task[None]] = weakref.WeakKeyDictionary()
@@ -141,8 +143,33 @@ async def bus_describe_apis(client: BusClient) -> dict[str, ApiDefinition]:
 
 @hookimpl
 def bus_before_rpc_call(client: BusClient, message: RpcMessage) -> Awaitable[None] | None:
-    return _check(client, message.api_name, "rpcs", message.procedure_name, "parameters",
-                 message.kwargs, True, f"{message.canonical_name}()")
+    store = store_for(client)
+    api_name, name = message.api_name, message.procedure_name
+    if api_name not in client.apis and api_name not in store.files:
+        published = store.published_rpcs(api_name) if store.fresh() else None
+        if published is None or name not in published:
+            return _check_remote_call(client, store, message)
+    return _check(client, api_name, "rpcs", name, "parameters", message.kwargs, True,
+                  f"{message.canonical_name}()")
+
+
+async def _check_remote_call(client: BusClient, store: SchemaStore,
+                             message: RpcMessage) -> None:
+    """A call of an API known only from the live schema: an RPC the schema lacks is refused
+    before sending (after one reload, in case its service has just published it)."""
+    api_name, name = message.api_name, message.procedure_name
+    await store.ensure_loaded()
+    published = store.published_rpcs(api_name)
+    if published is not None and name not in published:
+        await store.ensure_loaded(max_age=RELOAD_FOR_UNKNOWN_RPC)
+        published = store.published_rpcs(api_name)
+    if published is not None and name not in published:
+        raise UnknownRpc(f"API {api_name!r} has no RPC {name!r} in the schema its workers "
+                         f"publish; its RPCs: {', '.join(sorted(published)) or 'none'}")
+    pending = _check(client, api_name, "rpcs", name, "parameters", message.kwargs, True,
+                     f"{message.canonical_name}()")
+    if pending is not None:
+        await pending
 
 
 @hookimpl

@@ -86,12 +86,21 @@ class SchemaStore:
         return self._loaded_at is not None and \
             time.monotonic() - self._loaded_at < self.refresh_interval
 
-    async def ensure_loaded(self) -> None:
+    def loaded_within(self, seconds: float) -> bool:
+        return self._loaded_at is not None and time.monotonic() - self._loaded_at < seconds
+
+    def published_rpcs(self, api_name: str) -> set[str] | None:
+        """The RPC names of an API as its workers publish it (None when the live schema
+        does not have the API; schema files and local APIs are not "published")."""
+        if api_name in self.client.apis or api_name in self.files:
+            return None
+        document = self.remote.get(api_name)
+        return None if document is None else set(document.get("rpcs") or ())
+
+    async def ensure_loaded(self, max_age: float | None = None) -> None:
         """Load remote schemas on first use, and again once they are older than the
-        refresh interval (concurrent callers share one load)."""
-        fresh = self._loaded_at is not None and \
-            time.monotonic() - self._loaded_at < self.refresh_interval
-        if fresh:
+        refresh interval or `max_age` (concurrent callers share one load)."""
+        if self.loaded_within(self.refresh_interval if max_age is None else max_age):
             return
         if self._loading is not None and not self._loading.done():
             await asyncio.shield(self._loading)
