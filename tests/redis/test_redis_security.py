@@ -63,11 +63,16 @@ def test_acl_user_with_password_and_database_number(tmp_path, caplog):
             assert admin.dbsize() > 0  # the bus used database 3
         bad = f"redis://orders:wrong-s3cret@127.0.0.1:{server.port}/3"
         caller = bus_core.create(redis_config(bad, rpc_timeout=1), service_name="caller")
-        try:
-            with caplog.at_level(logging.DEBUG), pytest.raises(TransportError) as caught:
-                caller.auth.check_password(username="a", password="b")
-        finally:
-            caller.client.close()
+        with server.client() as admin:
+            before = admin.info("stats")["total_connections_received"]
+            try:
+                with caplog.at_level(logging.DEBUG), pytest.raises(TransportError) as caught:
+                    caller.auth.check_password(username="a", password="b")
+            finally:
+                caller.client.close()
+            # Refused credentials are not retried like a dropped connection: one attempt.
+            assert admin.info("stats")["total_connections_received"] - before == 1
+        assert "refused the credentials" in str(caught.value)
         assert "orders:***@" in str(caught.value)
         assert "wrong-s3cret" not in str(caught.value)
         assert all("wrong-s3cret" not in record.getMessage() for record in caplog.records)

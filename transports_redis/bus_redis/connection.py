@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import urllib.parse
 import weakref
 from collections.abc import Awaitable, Callable
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -41,6 +42,25 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts)
 
 
+class RetryUnlessRefused(Retry):
+    """redis-py's retry of connection errors, except refused credentials: redis-py counts
+    those as connection errors too, and retrying them only delays the answer."""
+
+    async def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None,
+                              with_failure_count: bool = False) -> Any:
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, (AuthenticationError, AuthorizationError)):
+                return False
+            return is_retryable(error) if is_retryable is not None else True
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+# redis-py before 6 has no is_retryable: it keeps retrying refused credentials.
+_RETRY = RetryUnlessRefused if "is_retryable" in inspect.signature(
+    Retry.call_with_retry).parameters else Retry
+
+
 class SharedClient:
     """A redis-py client and its pool, counted by the transports using it."""
 
@@ -54,7 +74,7 @@ class SharedClient:
             socket_timeout=socket_timeout,
             socket_keepalive=True,
             health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+            retry=_RETRY(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self.client = redis.Redis(connection_pool=self.pool)
