@@ -150,3 +150,30 @@ async def test_stopping_a_worker_that_still_waits_for_redis(tmp_path):
     stop.set()
     await asyncio.wait_for(serving, 5)  # returns, rather than waiting for Redis forever
     await bus.client.close_async()
+
+
+async def test_idle_consumers_of_gone_processes_are_forgotten_but_never_one_holding_entries(
+        redis_url, raw):
+    group = "svc-welcome"
+    raw.xgroup_create(STREAM, group, id="$", mkstream=True)
+    raw.xadd(STREAM, entry(username="held"))
+    raw.xadd(STREAM, entry(username="done"))
+    raw.xreadgroup(group, "gone-holding", {STREAM: ">"}, count=1)  # dies holding one entry
+    (_, [(done_id, _)]), = raw.xreadgroup(group, "gone-idle", {STREAM: ">"}, count=1)
+    raw.xack(STREAM, group, done_id)  # dies holding nothing
+    kept = _transport(redis_url, forget_consumers_after=3600)  # nobody is that old yet
+    forgetful = _transport(redis_url, forget_consumers_after=0)
+    for transport in (kept, forgetful):
+        await transport.open()
+    try:
+        await (await kept.open_consumer([("auth", "user_registered")], "welcome")).close()
+        names = {c["name"].decode() for c in raw.xinfo_consumers(STREAM, group)}
+        assert {"gone-holding", "gone-idle"} <= names
+        await (await forgetful.open_consumer([("auth", "user_registered")], "welcome")).close()
+        names = {c["name"].decode() for c in raw.xinfo_consumers(STREAM, group)}
+        assert "gone-idle" not in names  # held nothing: forgotten
+        assert "gone-holding" in names  # its entry stays claimable by the others
+        assert pending(raw, STREAM, group) == 1
+    finally:
+        for transport in (kept, forgetful):
+            await transport.close()

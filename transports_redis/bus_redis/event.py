@@ -19,12 +19,12 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from bus_core.errors import BusError
 from bus_core.messages import EventMessage
 from bus_core.transports import EventConsumer, EventDelivery, EventTransport
-from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport
+from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
 from bus_redis.connection import BlockingClient, redis_call
 
 logger = logging.getLogger("bus.redis.event")
@@ -44,9 +44,30 @@ OPTIONS = {
                        "description": "seconds an entry stays pending on a silent consumer "
                                       "before another consumer reclaims it"},
         "reclaim_interval": {"type": "number", "exclusiveMinimum": 0},
+        "forget_consumers_after": {
+            "type": ["number", "null"], "minimum": 0,
+            "description": "seconds a listener group's consumer may sit idle holding nothing "
+                           "before a starting worker deletes it (null: never)"},
         "dead_letter_suffix": {"type": "string", "minLength": 1},
     },
 }
+
+
+# Delete the group's consumers (but ARGV[2], the caller) that hold no pending entry and were
+# idle at least ARGV[3] ms: in one script, so none can take an entry between look and delete.
+FORGET_IDLE_CONSUMERS = """
+local removed = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if info['name'] ~= ARGV[2] and tonumber(info['pending']) == 0
+      and tonumber(info['idle']) >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"""
 
 
 def _text(value: bytes | str) -> str:
@@ -70,7 +91,7 @@ class RedisEventTransport(RedisTransport, EventTransport):
     def __init__(self, *, stream_use: str = "per_api", max_stream_length: int | None = 100_000,
                  batch_size: int = 100, blocking_timeout: float = 5.0, claim_idle: float = 60.0,
                  reclaim_interval: float | None = None, dead_letter_suffix: str = ":dead",
-                 **kwargs: Any) -> None:
+                 forget_consumers_after: float | None = 3600.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.stream_use = stream_use
         self.max_stream_length = max_stream_length
@@ -79,6 +100,7 @@ class RedisEventTransport(RedisTransport, EventTransport):
         self.claim_idle = claim_idle
         self.reclaim_interval = reclaim_interval or claim_idle / 2
         self.dead_letter_suffix = dead_letter_suffix
+        self.forget_consumers_after = forget_consumers_after
         self._batcher: Batcher[tuple[str, dict[str, Any]], Any] = Batcher(self._send_batch)
 
     def stream_name(self, api_name: str, event_name: str) -> str:
@@ -168,7 +190,31 @@ class RedisEventTransport(RedisTransport, EventTransport):
             stream_id_from_datetime(since) if isinstance(since, datetime) else str(since))
         await redis_call(self.url, f"cannot join listener {listener_name!r}",
                          lambda: self.create_groups(streams, group, start))
+        await self.forget_idle_consumers(streams, group)
         return RedisEventConsumer(self, streams, group, listen_for)
+
+    scripts = Scripts(forget_idle_consumers=FORGET_IDLE_CONSUMERS)
+
+    async def forget_idle_consumers(self, streams: Sequence[str], group: str) -> int:
+        """Delete the group's consumers that hold nothing and were idle longer than
+        `forget_consumers_after`: each process name is a consumer of its own, so without
+        this the consumers of every past process would pile up. Deleting one that holds no
+        entry loses nothing (a live one is re-created by its next read). Best effort."""
+        if self.forget_consumers_after is None:
+            return 0
+        removed = 0
+        for stream in streams:
+            try:
+                removed += int(await self.scripts.run(
+                    self.redis, "forget_idle_consumers", [stream],
+                    [group, self.process_name, int(self.forget_consumers_after * 1000)]))
+            except (RedisError, OSError) as exc:
+                logger.debug("forgetting idle consumers of %s on %s failed: %s", group, stream,
+                             exc)
+        if removed:
+            logger.info("listener group %s: forgot %d idle consumer(s) holding nothing", group,
+                        removed)
+        return removed
 
     async def create_groups(self, streams: Sequence[str], group: str, start: str) -> None:
         """Create the group on each stream (and the stream, if need be); an existing group
