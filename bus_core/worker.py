@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("bus.worker")
 _RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
-LOCK_TTL = 15.0  # seconds a single task's lock outlives a crashed holder
 
 
 def _utc_now() -> datetime:
@@ -140,7 +139,8 @@ class Worker:
         self.started = False
         self.now: Callable[[], datetime] = _utc_now  # wall clock for cron (tests inject)
         self.lock_owner = f"{client.process_name}:{uuid.uuid4().hex[:12]}"
-        self.lock_ttl = LOCK_TTL
+        # Seconds a single task's lock outlives a crashed holder (kept alive every third).
+        self.lock_ttl = float(client.config.bus["single_task_lock_ttl"])
 
     @property
     def api_names(self) -> list[str]:
@@ -582,7 +582,8 @@ class Worker:
 class _TaskLock:
     """The lock that keeps a `single` task in one process of the service: taken at a run,
     then kept alive (re-acquired every third of its TTL) while this worker runs, so the
-    other processes skip their runs; it expires `LOCK_TTL` seconds after a crash."""
+    other processes skip their runs; it expires `bus.single_task_lock_ttl` seconds after a
+    crash."""
 
     def __init__(self, worker: Worker, task: ScheduledTask) -> None:
         self.worker = worker

@@ -7,6 +7,7 @@ from typing import Any
 
 from bus_core import Bus
 from tests.helpers import count_single_task_runs, eventually, serving, wait_for_runs
+from tests.redis.conftest import redis_config
 
 
 async def rpc_transport(bus: Bus) -> Any:
@@ -43,3 +44,16 @@ async def test_a_single_task_runs_in_one_of_two_workers(
     async with serving(buses[0]), serving(buses[1]):
         await wait_for_runs(runs, 6)
     assert len(set(runs)) == 1, runs
+
+
+async def test_the_lock_lives_as_long_as_the_config_says(make_redis_bus: Callable[..., Bus],
+                                                         raw: Any, redis_url: str) -> None:
+    config = redis_config(redis_url)
+    config["bus"]["single_task_lock_ttl"] = 120
+    bus = make_redis_bus(config=config)
+    runs = count_single_task_runs([bus], seconds=60)  # one run at start-up, then a minute
+    bus.client.scheduled[0].also_run_immediately = True
+    async with serving(bus):
+        await wait_for_runs(runs, 1)
+        (key,) = raw.keys("bus:lock:svc:*")
+        assert 60_000 < raw.pttl(key) <= 120_000  # the default would be 15 s
