@@ -68,3 +68,16 @@ def test_event_with_a_bad_version_is_malformed():
     blob = {"metadata": {"id": "1", "api_name": "a", "event_name": "e", "version": "v2"}}
     with pytest.raises(MalformedMessage, match="non-integer version"):
         event_from_blob(blob)
+
+
+def test_message_ids_are_distinct_canonical_version_4_uuids() -> None:
+    import uuid
+
+    from bus_core.messages import new_message_id
+
+    ids = [new_message_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text  # canonical: lower-case, 8-4-4-4-12
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
