@@ -176,6 +176,9 @@ class Api:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         meta = cls.__dict__.get("Meta")
+        declared = _declaration(cls) if meta is None else None
+        if declared is not None:  # implements an API declared by a base class
+            meta = type("Meta", (), {"name": declared.name, "version": declared.version})
         name = getattr(meta, "name", "") if meta is not None else ""
         if not name:
             if getattr(meta, "abstract", False) or (meta is None and _is_abstract(cls)):
@@ -203,6 +206,8 @@ class Api:
         for member in (*rpcs, *events):
             if not _MEMBER_NAME.match(member):
                 raise InvalidApi(f"{cls.__name__}.{member} is not a valid RPC or event name")
+        if declared is not None:
+            _check_implements(cls, declared, rpcs)
         cls.definition = ApiDefinition(
             name=name,
             version=int(getattr(meta, "version", 1)),
@@ -214,6 +219,33 @@ class Api:
     @property
     def meta_name(self) -> str:
         return self.definition.name
+
+
+def _declaration(cls: type) -> ApiDefinition | None:
+    """The definition of the nearest named API `cls` derives from, if any."""
+    for base in cls.__mro__[1:]:
+        definition = base.__dict__.get("definition")
+        if isinstance(definition, ApiDefinition):
+            return definition
+    return None
+
+
+def _check_implements(cls: type, declared: ApiDefinition, rpcs: dict[str, RpcDefinition]
+                      ) -> None:
+    """An implementation must take what its declaration promises callers."""
+    for name, promised in declared.rpcs.items():
+        given = rpcs[name]
+        shape = [(p.name, p.required) for p in given.parameters]
+        if shape != [(p.name, p.required) for p in promised.parameters] \
+                or given.accepts_extra != promised.accepts_extra:
+            raise InvalidApi(
+                f"{cls.__name__}.{name}() does not match its declaration in API "
+                f"{declared.name!r}: {_shown(promised)} declared, {_shown(given)} given")
+
+
+def _shown(rpc: RpcDefinition) -> str:
+    params = [p.name if p.required else f"{p.name}=..." for p in rpc.parameters]
+    return f"{rpc.name}({', '.join([*params, *(['**kwargs'] if rpc.accepts_extra else [])])})"
 
 
 def _is_abstract(cls: type) -> bool:

@@ -7,8 +7,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from bus_core import Api, Event, InvalidApi, Parameter
+from bus_core import Api, Event, InvalidApi, InvalidArguments, Parameter
 from tests.apis import AuthApi, OrderPlaced, TypesApi
+from tests.helpers import serving
 
 
 def test_methods_become_rpcs_and_events_are_collected():
@@ -120,3 +121,49 @@ def test_private_methods_are_not_rpcs():
             return Helper(1).value
 
     assert set(WithHelpers.definition.rpcs) == {"public"}
+
+
+class DeclaredAccountsApi(Api):
+    """What callers import: names, parameters, events; no implementation."""
+
+    signed_up = Event(parameters=("username",))
+
+    class Meta:
+        name = "accounts"
+        version = 2
+
+    def create_user(self, username: str, email: str = "") -> int: ...
+
+
+class AccountsService(DeclaredAccountsApi):
+    """What the service registers: no Meta of its own, the declaration's name."""
+
+    def create_user(self, username: str, email: str = "") -> int:
+        return len(username)
+
+
+def test_an_implementation_takes_its_declarations_name_and_events():
+    definition = AccountsService.definition
+    assert (definition.name, definition.version) == ("accounts", 2)
+    assert set(definition.rpcs) == {"create_user"} and set(definition.events) == {"signed_up"}
+
+
+def test_an_implementation_must_take_what_the_declaration_promises():
+    with pytest.raises(InvalidApi) as refused:
+        class Sloppy(DeclaredAccountsApi):
+            def create_user(self, username: str) -> int:
+                return 0
+    assert str(refused.value) == (
+        "Sloppy.create_user() does not match its declaration in API 'accounts': "
+        "create_user(username, email=...) declared, create_user(username) given")
+
+
+async def test_callers_register_the_declaration_and_the_service_its_implementation(make_bus):
+    service, caller = make_bus(), make_bus()
+    service.client.register_api(AccountsService())
+    caller.client.register_api(DeclaredAccountsApi())  # to fire, and to check arguments
+    async with serving(service):
+        assert await caller.accounts.create_user.call_async(username="ada") == 3
+        with pytest.raises(InvalidArguments):
+            await caller.accounts.create_user.call_async(name="ada")
+    assert (await caller.accounts.signed_up.fire_async(username="ada")).api_name == "accounts"

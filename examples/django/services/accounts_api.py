@@ -1,14 +1,13 @@
-"""The accounts API: what the accounts service offers on the bus.
+"""The accounts API: what the accounts service offers on the bus, declared once.
 
-Both sides import this module. The service (`services/bus.py`, run by `bus run`) serves it;
-the Django app (`shop/bus.py`) registers it too, but runs no worker, so it serves nothing: it
-registers the API to be allowed to fire `user_signed_up` and to have its calls' arguments
-checked before they are sent.
+Both sides import this module. The service implements the declaration
+(`services/accounts.py`) and serves that; the Django app (`shop/bus.py`) registers the
+declaration itself, to be allowed to fire `user_signed_up` and to have its calls' arguments
+checked before they are sent. It runs no worker, so it serves nothing.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import TypedDict
 
 from bus_core import Api, Event, Parameter
@@ -33,8 +32,8 @@ class UnknownUser(LookupError):
 class AccountsApi(Api):
     """Users: create and look up accounts, announce sign-ups.
 
-    The store is a dict in the worker's memory, enough for an example. Sync RPCs run in the
-    worker's thread pool, several at once, hence the lock.
+    The declaration only: names, parameters, return types, the event. The service implements
+    it in `services/accounts.py`; the web app needs nothing more than this module.
     """
 
     user_signed_up = Event(parameters=[
@@ -46,25 +45,10 @@ class AccountsApi(Api):
     class Meta:
         name = "accounts"
 
-    def __init__(self) -> None:
-        self._users: dict[str, UserRecord] = {}
-        self._lock = threading.Lock()
-
     def create_user(self, username: str, email: str) -> UserRecord:
         """Store a new user; ValueError for a malformed email, UsernameTaken for a duplicate."""
-        if "@" not in email.strip("@"):
-            raise ValueError(f"{email!r} is not an email address")
-        with self._lock:
-            if username in self._users:
-                raise UsernameTaken(f"username {username!r} is taken")
-            user = UserRecord(id=len(self._users) + 1, username=username, email=email)
-            self._users[username] = user
-        return user
+        raise NotImplementedError  # served by services.accounts.AccountsService
 
     def get_user(self, username: str) -> UserRecord:
         """The user called `username`, or UnknownUser."""
-        with self._lock:
-            user = self._users.get(username)
-        if user is None:
-            raise UnknownUser(f"no user {username!r}")
-        return user
+        raise NotImplementedError

@@ -1,8 +1,9 @@
 """The accounts service's bus module: what `bus run --bus services.bus` serves.
 
-It serves AccountsApi and runs one listener, which "sends" a welcome email for each
-`accounts.user_signed_up` the web app fires: it appends a JSON line to the file named by
-$ACCOUNTS_OUTBOX, or prints it when that is unset.
+It serves AccountsService (the implementation of the declared AccountsApi) and runs one
+listener, which "sends" a welcome email for each `accounts.user_signed_up` the web app fires:
+it appends a JSON line to the file named by $ACCOUNTS_OUTBOX, or prints it when that is
+unset.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import threading
 
 import bus_core
 from bus_core import EventMessage
-from services.accounts_api import AccountsApi
+from services.accounts import AccountsService
 
 bus = bus_core.create(service_name="accounts")  # config: $BUS_CONFIG
-bus.client.register_api(AccountsApi())
+bus.client.register_api(AccountsService())
 
 _outbox_lock = threading.Lock()
 
