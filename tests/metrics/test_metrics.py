@@ -104,6 +104,7 @@ async def test_counts_rpcs_events_errors_and_dead_letters(
     assert served.value("bus_event_handling_seconds_bucket", le="+Inf", **listener) == 4
     assert served.value("bus_listener_errors_total", **listener) == 2
     assert served.value("bus_dead_letters_total", **listener) == 1
+    assert served.value("bus_events_redelivered_total", **listener) == 1  # order 3's first try
     rpc = {"service_name": "shop", "api_name": "shop", "transport": "memory"}
     assert served.value("bus_rpcs_processed_total", procedure_name="price", **rpc) == 2
     assert served.value("bus_rpcs_processed_total", procedure_name="fail", **rpc) == 1

@@ -139,6 +139,7 @@ def test_bus_run_on_redis_serves_correct_metrics(tmp_path: Path, redis_url: str)
     assert served.value("bus_event_handling_seconds_count", **listener) == 4
     assert served.value("bus_listener_errors_total", **listener) == 2
     assert served.value("bus_dead_letters_total", **listener) == 1
+    assert served.value("bus_events_redelivered_total", **listener) == 1  # order 3's first try
     assert served.value("bus_listener_lag_events", **listener) == 0
     assert served.value("bus_events_fired_total", event_name="order_shipped", **redis) == 2
     assert served.value("bus_rpcs_processed_total", procedure_name="price", **redis) == 2

@@ -54,10 +54,12 @@ FIRED_OK, FIRED_ERRORS = 0, 1
 HANDLED_COUNT, HANDLED_ERRORS, HANDLED_SUM, HANDLED_BUCKETS = 0, 1, 2, 3
 CALLED_COUNT, CALLED_ERRORS, CALLED_TIMEOUTS, CALLED_SUM, CALLED_BUCKETS = 0, 1, 2, 3, 4
 EXECUTED_COUNT, EXECUTED_ERRORS, EXECUTED_SUM, EXECUTED_BUCKETS = 0, 1, 2, 3
+FAILURE_ACTIONS = {"dead_letter": 0, "redeliver": 1}  # slot of each counted action
 
 
 class _Slots(threading.local):
-    """One thread's counts: `fired`, `handled`, `called`, `executed`, `dead`, by key."""
+    """One thread's counts: `fired`, `handled`, `called`, `executed`, `dead` (listener
+    failures by action: dead letters, redeliveries), by key."""
 
     def __init__(self, shards: list[tuple[dict[Any, list[Any]], ...]],
                  lock: threading.Lock) -> None:
@@ -150,12 +152,16 @@ class BusMetrics:
         if error is not None:
             slots[HANDLED_ERRORS] += 1
 
-    def dead_lettered(self, api_name: str, event_name: str, listener_name: str) -> None:
-        """Count one event dead-lettered by a listener."""
+    def handler_failed(self, api_name: str, event_name: str, listener_name: str,
+                       action: str) -> None:
+        """Count what a listener's failure led to: a dead letter or a redelivery."""
+        slot = FAILURE_ACTIONS.get(action)
+        if slot is None:
+            return
         table = self._slots.dead
         key = (api_name, event_name, listener_name)
-        slots = table.get(key) or self._new(table, "dead", key, 1)
-        slots[0] += 1
+        slots = table.get(key) or self._new(table, "dead", key, len(FAILURE_ACTIONS))
+        slots[slot] += 1
 
     def rpc_called(self, api_name: str, procedure_name: str, error: BaseException | None,
                    duration: float) -> None:
@@ -219,8 +225,11 @@ class BusMetrics:
             listener_errors.add_metric(names, slots[HANDLED_ERRORS])
         dead_letters = counter("dead_letters", "Events a listener gave up on and "
                                "dead-lettered", LISTENER_LABELS)
+        redelivered = counter("events_redelivered", "Events put back for another delivery "
+                              "after a listener failed on them", LISTENER_LABELS)
         for key, slots in sorted(dead.items()):
             dead_letters.add_metric(labels[("dead", key)], slots[0])
+            redelivered.add_metric(labels[("dead", key)], slots[1])
         lag = GaugeMetricFamily(p + "listener_lag_events", "Events of the listener's "
                                 "consumer group not yet acknowledged (unread + pending)",
                                 labels=LISTENER_LABELS)
@@ -250,7 +259,8 @@ class BusMetrics:
                                slots[EXECUTED_SUM])
             errors.add_metric((*names, "worker"), slots[EXECUTED_ERRORS])
         yield from (events_fired, fire_errors, processed, handling, listener_errors,
-                    dead_letters, lag, rpcs_called, rpcs_processed, seconds, errors, timeouts)
+                    dead_letters, redelivered, lag, rpcs_called, rpcs_processed, seconds,
+                    errors, timeouts)
 
     def _buckets(self, counts: Sequence[int]) -> list[tuple[str, float]]:
         """Cumulative (le, count) pairs from per-bucket counts."""

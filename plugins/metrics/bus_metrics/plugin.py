@@ -115,9 +115,9 @@ def bus_after_event_handling(client: BusClient, message: EventMessage, listener_
 @hookimpl
 def bus_on_handler_error(client: BusClient, message: RpcMessage | EventMessage,
                          listener_name: str | None, error: BaseException, action: str) -> None:
-    if action == "dead_letter" and listener_name is not None and isinstance(message,
-                                                                              EventMessage):
-        metrics_for(client).dead_lettered(message.api_name, message.event_name, listener_name)
+    if listener_name is not None and isinstance(message, EventMessage):
+        metrics_for(client).handler_failed(message.api_name, message.event_name,
+                                           listener_name, action)
 
 
 @hookimpl
