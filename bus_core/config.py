@@ -451,6 +451,9 @@ def _accept_lightbus_settings(document: dict[str, Any], origin: str) -> dict[str
     bus = document.get("bus")
     if isinstance(bus, dict) and isinstance(bus.get("log_level"), str):
         bus["log_level"] = bus["log_level"].upper()  # Lightbus writes `info`
+    plugins = document.get("plugins")
+    if isinstance(plugins, dict):
+        _rename_lightbus_plugins(plugins, origin)
     for first, second, key in LIGHTBUS_ONLY:
         sections = document.get(first)
         if not isinstance(sections, dict):
@@ -463,6 +466,23 @@ def _accept_lightbus_settings(document: dict[str, Any], origin: str) -> dict[str
                 warnings.warn(f"{origin}: {first}.{name}.{key} is a Lightbus setting with no "
                               "effect in Bus; ignored", UserWarning, stacklevel=3)
     return document
+
+
+def _rename_lightbus_plugins(plugins: dict[str, Any], origin: str) -> None:
+    """Lightbus's `internal_state` is bus-state's `state` (same events, same options);
+    `internal_metrics` has no Bus equivalent and is dropped."""
+    if "internal_state" in plugins:
+        section = plugins.pop("internal_state")
+        if "state" in plugins:
+            warnings.warn(f"{origin}: plugins.internal_state (Lightbus) ignored: "
+                          "plugins.state is given too", UserWarning, stacklevel=4)
+        else:
+            plugins["state"] = section
+    if "internal_metrics" in plugins:
+        del plugins["internal_metrics"]
+        warnings.warn(f"{origin}: plugins.internal_metrics is a Lightbus plugin with no Bus "
+                      "equivalent; ignored (Prometheus metrics: plugins.metrics)",
+                      UserWarning, stacklevel=4)
 
 
 def _apply_plugin_defaults(document: dict[str, Any], schema: Mapping[str, Any]) -> None:

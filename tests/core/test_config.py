@@ -218,6 +218,16 @@ def test_lightbus_only_settings_load_with_a_warning(manager):
     assert config.bus["log_level"] == "INFO" and config.api("x").rpc_timeout == 5
 
 
+def test_lightbus_plugin_sections_are_read_as_buss(manager):
+    lightbus = {"plugins": {"internal_state": {"enabled": True, "ping_interval": 5},
+                            "internal_metrics": {"enabled": True}}}
+    with pytest.warns(UserWarning, match="plugins.internal_metrics is a Lightbus plugin"):
+        config = load_config(lightbus, manager, environ={})
+    assert config.plugin("state")["enabled"] is True
+    assert config.plugin("state")["ping_interval"] == 5
+    assert "internal_state" not in config.plugins and "internal_metrics" not in config.plugins
+
+
 def test_lightbus_style_root_names_are_accepted(manager):
     config = load_config({"service_name": "legacy", "process_name": "p"}, manager, environ={})
     assert (config.service_name, config.process_name) == ("legacy", "p")
