@@ -53,7 +53,9 @@ def setup(force: bool = False) -> Path:
     for member in MEMBERS:
         path = str(ROOT / member)
         targets += ["-e", path + "[dev]" if member == "." else path]
-    subprocess.run([*pip, *targets], check=True)
+    # Quiet the build backend's per-package "editable installation" notices (a screenful).
+    quiet = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    subprocess.run([*pip, *targets], check=True, env=quiet)
     STAMP.write_text(fingerprint)
     return python
 
