@@ -19,6 +19,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import re
 import sys
 import threading
 import traceback
@@ -63,6 +64,9 @@ T = TypeVar("T")
 Procedure = tuple[Callable[..., Any], bool, RpcDefinition, dict[str, Any]]
 logger = logging.getLogger("bus.client")
 _RESERVED_KWARGS = ("bus_options",)
+_BUS_OPTIONS = ("timeout",)
+# What listen(since=...) takes as text: "$" (new only), "0", "beginning", or an entry id.
+_STREAM_POSITION = re.compile(r"^(\$|beginning|\d+(-\d+)?)$")
 _CLIENTS: weakref.WeakSet[BusClient] = weakref.WeakSet()
 # What clients had before a fork, kept alive in the child and never closed there: closing or
 # collecting it would shut down sockets the parent still uses.
@@ -155,8 +159,13 @@ def _check_cron(expression: str, tz: str | None) -> None:
 
     _zone(tz)
     if not isinstance(expression, str) or not croniter.is_valid(expression):
+        why = ""
+        if isinstance(expression, str):
+            fields = expression.split()
+            why = (f"it has {len(fields)} field(s); " if len(fields) != 5
+                   else "a field is out of range or not understood; ")
         raise InvalidArguments(
-            f"schedule({expression!r}): not a valid cron expression; use five fields "
+            f"schedule({expression!r}): not a valid cron expression: {why}use five fields "
             "'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *'"
         )
 
@@ -400,10 +409,11 @@ class BusClient:
             )
         if not callable(handler):
             raise InvalidArguments(f"listen() handler must be callable, got {handler!r}")
-        if since is not None and not isinstance(since, (str, datetime)):
+        if since is not None and not (isinstance(since, datetime) or (
+                isinstance(since, str) and _STREAM_POSITION.match(since))):
             raise InvalidArguments(
                 f"since={since!r}: use None (new events only), '0' (the beginning), a "
-                "datetime, or a transport's stream id"
+                "datetime, or a stream entry id such as '1700000000000-0'"
             )
         if on_error not in (None, "redeliver", "acknowledge", "stop"):
             raise InvalidArguments(
@@ -652,7 +662,8 @@ class BusClient:
         except (TimeoutError, asyncio.TimeoutError):
             error: BaseException = RpcTimeout(
                 f"{api_name}.{procedure_name}() got no result within {timeout:g}s "
-                f"({timeout_source}): is a worker serving API {api_name!r} running?"
+                f"({timeout_source}): no worker serving API {api_name!r} answered in time "
+                "(none running, all busy, or the RPC is slower than that)"
             )
             await self.hooks.after_rpc_call(self, message, None, error, now() - started)
             raise error from None
@@ -831,6 +842,14 @@ else:  # pragma: no cover - Python 3.10
 def _timeout(bus_options: dict[str, Any] | None, default: float, setting: str
              ) -> tuple[float, str]:
     """The timeout to use, and where it came from (for error messages)."""
+    if bus_options is not None:
+        if not isinstance(bus_options, dict):
+            raise InvalidArguments(f"bus_options must be a dict such as {{'timeout': 2}}, got "
+                                   f"{bus_options!r}")
+        unknown = sorted(set(bus_options) - set(_BUS_OPTIONS))
+        if unknown:
+            raise InvalidArguments(f"unknown bus_options {', '.join(map(repr, unknown))}; "
+                                   f"known: {', '.join(_BUS_OPTIONS)}")
     if bus_options and bus_options.get("timeout") is not None:
         value = bus_options["timeout"]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:

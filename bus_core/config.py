@@ -116,7 +116,13 @@ def config_schema(plugins: PluginManager | None = None) -> dict[str, Any]:
     }
     plugin_sections: dict[str, Any] = {}
     if plugins is not None:
-        for name in plugins.infos:
+        for name, info in plugins.infos.items():
+            if info.status != "loaded":
+                # Blocked or failed to load: its schema is unknown, so its section is taken
+                # as it is (the plugin manager warns that it will not run).
+                plugin_sections[name] = {"type": "object",
+                                         "properties": {"enabled": {"type": "boolean"}}}
+                continue
             # A plugin's own schema, with `enabled` added; a plugin that declares none takes
             # no options, so a misspelled key is caught rather than ignored.
             part = dict(plugins.config_schemas.get(name) or {})

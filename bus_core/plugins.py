@@ -9,9 +9,11 @@ hooks only for enabled ones (see `bus_core.hookspecs`).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import logging
 import os
+import re
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -186,13 +188,14 @@ class PluginManager:
         except pluggy.PluginValidationError as exc:
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
-            raise PluginError(f"plugin {info.name!r} ({info.module}): {exc}") from None
+            raise PluginError(f"plugin {info.name!r} ({info.module}): {exc}"
+                              f"{_name_hint(str(exc))}{_spec_hint(str(exc))}") from None
         except Exception as exc:  # check_pending's HookCallError and friends
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
             raise PluginError(
                 f"plugin {info.name!r} ({info.module}) implements a hook that does not exist: "
-                f"{exc}. Hook names are listed in docs/reference/hooks.md"
+                f"{exc}.{_name_hint(str(exc))} Hook names are listed in docs/reference/hooks.md"
             ) from None
         info.hooks = sorted(
             caller.name for caller in self.pm.get_hookcallers(plugin) or ()
@@ -263,8 +266,12 @@ class PluginManager:
                         f"installed; installed: {', '.join(sorted(self.infos)) or 'none'}"
                     )
                 if self.infos[name].status != "loaded":
-                    logger.warning("plugin %r is enabled in the config but is %s", name,
-                                   self.infos[name].status)
+                    info = self.infos[name]
+                    why = ("blocked by BUS_DISABLED_PLUGINS" if info.status == "blocked"
+                           else f"failed to load: {info.error}" if info.error
+                           else "failed to load")
+                    logger.warning("plugin %r is enabled in the config but %s; its section is "
+                                   "not checked and it does not run", name, why)
                     continue
                 enabled.add(name)
             elif flag is False:
@@ -323,6 +330,27 @@ class PluginManager:
         self.pm.add_hookcall_monitoring(before, after)
         self.tracing = True  # every call then goes through pluggy, which the monitor sees
         self.hooks.refresh()
+
+
+_HOOK_NAMES = sorted(n for n in dir(hookspecs) if n.startswith("bus_"))
+
+
+def _name_hint(error: str) -> str:
+    """" Did you mean bus_x?" for a misspelled hook named in `error`."""
+    match = re.search(r"unknown hook '(bus_\w+)'|hook that does not exist.*'(bus_\w+)'", error)
+    name = (match.group(1) or match.group(2)) if match else None
+    close = difflib.get_close_matches(name, _HOOK_NAMES, n=1) if name else []
+    return f" Did you mean {close[0]}?" if close else ""
+
+
+def _spec_hint(error: str) -> str:
+    """The arguments a hook offers, for an implementation that asks for others."""
+    match = re.search(r"hook '(bus_\w+)'", error)
+    spec = getattr(hookspecs, match.group(1), None) if match else None
+    if spec is None:
+        return ""
+    names = ", ".join(inspect.signature(spec).parameters)
+    return f"\n{match.group(1)} offers: {names} (take any of them, by these names)"
 
 
 def _owner(value: Any) -> str:

@@ -249,14 +249,20 @@ _CASTERS: dict[type, Any] = {
     dt.date: _checked(dt.date, dt.date.fromisoformat),
     dt.time: _checked(dt.time, dt.time.fromisoformat),
     uuid.UUID: _checked(uuid.UUID, uuid.UUID),
-    Decimal: lambda v: Decimal(str(v)) if not isinstance(v, bool) else _raise_type(v),
+    Decimal: lambda v: _decimal(v),
     complex: _checked(complex, complex),
     bytes: _decode_bytes,
 }
 
 
-def _raise_type(value: Any) -> Any:
-    raise TypeError(type(value).__name__)
+def _decimal(value: Any) -> Decimal:
+    """A Decimal from its wire string (or a number a peer sent as one)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError("a decimal number as a string")
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError("not a decimal number") from None
 
 
 _ABC_SEQUENCES = (_abc.Sequence, _abc.MutableSequence, _abc.Set, _abc.MutableSet,

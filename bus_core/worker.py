@@ -319,9 +319,11 @@ class Worker:
         self.stopping = True
         if self in self.client.running_workers:
             self.client.running_workers.remove(self)
-        for loop in self._loops:
-            if loop.task is not None:
-                loop.task.cancel()
+        tasks = [loop.task for loop in self._loops if loop.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:  # let the loops end before their consumers are closed under them
+            await asyncio.gather(*tasks, return_exceptions=True)
         for consumer in self._consumers:
             with contextlib.suppress(Exception):
                 await consumer.close()
@@ -359,6 +361,8 @@ class Worker:
                     return None
                 raise
             except Exception as exc:
+                if self.stopping:  # a read torn down by the stop itself: nothing to report
+                    return None
                 delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
                 attempt += 1
                 logger.warning("%s: receiving failed (%s: %s); retrying in %gs", loop.name,

@@ -120,8 +120,21 @@ def test_values_are_checked_against_declared_types_before_sending(served):
 
 
 def test_since_must_be_a_position(make_bus):
-    with pytest.raises(InvalidArguments, match="since=42"):
-        make_bus().auth.user_registered.listen(lambda e, **kw: None, listener_name="x", since=42)
+    bus = make_bus()
+    for bad in (42, "yesterday", "12-x", ""):
+        with pytest.raises(InvalidArguments, match=f"since={bad!r}"):
+            bus.auth.user_registered.listen(lambda e, **kw: None, listener_name="x", since=bad)
+    for good in ("$", "0", "0-0", "1700000000000-3", "1700000000000"):
+        bus.auth.user_registered.listen(lambda e, **kw: None, listener_name=f"ok{good}",
+                                        since=good)
+
+
+def test_bus_options_are_a_dict_of_known_options(make_bus):
+    caller = make_bus()
+    with pytest.raises(InvalidArguments, match=r"bus_options must be a dict .* got 5"):
+        caller.billing.charge(amount=3, bus_options=5)
+    with pytest.raises(InvalidArguments, match="unknown bus_options 'timout'; known: timeout"):
+        caller.billing.charge(amount=3, bus_options={"timout": 1})
 
 
 def test_positional_arguments_are_refused_with_the_keyword_form(served):

@@ -107,7 +107,8 @@ def test_a_misspelled_hook_fails_loudly(fake_site):
         @hookimpl
         def bus_before_rpc_cal(self, client: Any, message: Any) -> None: ...
 
-    with pytest.raises(PluginError, match="bus_before_rpc_cal"):
+    with pytest.raises(PluginError, match="bus_before_rpc_cal.*Did you mean "
+                                          "bus_before_rpc_call[?]"):
         bus_core.create({}, plugins=[Misspelled()])
 
     fake_distribution(fake_site, "bus-typo", {"typo": "bus_typo"}, {"bus_typo": (
@@ -123,8 +124,10 @@ def test_wrong_hook_arguments_fail_loudly():
         @hookimpl
         def bus_worker_started(self, client: Any, worker: Any, extra: Any) -> None: ...
 
-    with pytest.raises(PluginError, match="extra"):
+    with pytest.raises(PluginError, match="extra") as refused:
         bus_core.create({}, plugins=[WrongArgs()])
+    assert str(refused.value).endswith(
+        "bus_worker_started offers: client, worker (take any of them, by these names)")
 
 
 def test_bus_disabled_plugins_blocks_by_name(fake_site, monkeypatch):
@@ -137,6 +140,30 @@ def test_bus_disabled_plugins_blocks_by_name(fake_site, monkeypatch):
     assert not manager.pm.has_plugin("recorder4")
     with pytest.raises(bus_core.ConfigError, match="'memory' was unexpected"):
         bus_core.create({"apis": {"default": {"rpc_transport": {"memory": {}}}}})
+
+
+def test_a_blocked_or_broken_plugins_section_is_left_alone_with_a_warning(
+        fake_site, monkeypatch, caplog):
+    """Blocking a plugin must not make the config that configures it invalid."""
+    fake_distribution(fake_site, "bus-recorder5", {"recorder5": "bus_recorder5"},
+                      {"bus_recorder5": RECORDING_PLUGIN})
+    fake_distribution(fake_site, "bus-typo2", {"typo2": "bus_typo2"}, {"bus_typo2": (
+        "from bus_core import hookimpl\n@hookimpl\ndef bus_worker_startd(client, worker): ...\n"
+    )})
+    monkeypatch.setenv("BUS_DISABLED_PLUGINS", "recorder5")
+    config = {"plugins": {"recorder5": {"enabled": True, "volume": 3},
+                          "typo2": {"enabled": True, "slow_ms": 5}}}
+    with pytest.warns(RuntimeWarning, match="typo2"):
+        bus = bus_core.create(config)
+    try:
+        assert not {"recorder5", "typo2"} & bus.client.plugins.enabled
+    finally:
+        bus.client.close()
+    warned = [r.getMessage() for r in caplog.records if r.name == "bus.plugins"]
+    assert ("plugin 'recorder5' is enabled in the config but blocked by BUS_DISABLED_PLUGINS; "
+            "its section is not checked and it does not run") in warned
+    assert any(m.startswith("plugin 'typo2' is enabled in the config but failed to load: ")
+               and "bus_worker_startd" in m for m in warned), warned
 
 
 def test_the_kernel_fills_in_defaults_from_a_plugins_schema(fake_site):

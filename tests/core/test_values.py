@@ -152,3 +152,10 @@ def test_large_binary_round_trips():
     blob = bytes(range(256)) * 1000
     wire = json.loads(json.dumps(to_wire(blob)))
     assert from_wire(wire, bytes) == blob
+
+
+def test_a_bad_decimal_says_so_plainly():
+    with pytest.raises(WireError) as refused:
+        from_wire("x", Decimal)
+    assert str(refused.value) == "expected Decimal, got 'x' (not a decimal number)"
+    assert from_wire(1.5, Decimal) == Decimal("1.5")  # a peer's number is taken as written

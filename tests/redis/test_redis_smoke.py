@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import sys
 import threading
 
 import pytest
 
-from bus_core import EventMessage, RemoteError, RpcTimeout
+from bus_core import EventMessage, PluginError, RemoteError, RpcTimeout, hookimpl
 from tests.apis import AuthApi
 from tests.core.test_lifetime import run_in_child
 
@@ -60,3 +62,23 @@ def test_a_client_used_before_fork_works_in_the_child(make_redis_bus):
 
     assert run_in_child(child) == "True"
     assert caller.auth.check_password(username="admin", password="nope") is False
+
+
+class RefusesToStart:
+    """A plugin that refuses the worker's start, as bus-metrics does when its port is taken."""
+
+    @hookimpl
+    def bus_worker_started(self, client, worker):
+        raise PluginError("cannot serve on 127.0.0.1:9464: the port is taken")
+
+
+async def test_a_refused_start_is_undone_quietly(make_redis_bus, caplog):
+    bus = make_redis_bus(plugins=[RefusesToStart()])
+    bus.client.register_api(AuthApi())
+    bus.auth.user_registered.listen(lambda event, **kw: None, listener_name="welcome")
+    with pytest.raises(PluginError, match="port is taken"):
+        await bus.client.serve(stop=asyncio.Event())
+    assert not bus.client.running_workers
+    noise = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+             and r.name.startswith("bus")]
+    assert noise == [], noise  # the consumers were closed under no read
