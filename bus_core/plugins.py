@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "bus"
 hookimpl = pluggy.HookimplMarker("bus")
 logger = logging.getLogger("bus.plugins")
+_WARNED_UNKNOWN_DISABLED: set[str] = set()
 
 
 @dataclasses.dataclass
@@ -140,6 +141,15 @@ class PluginManager:
                 info.status, info.error = "failed", str(exc)
                 warnings.warn(f"Bus plugin {info.name!r} is skipped: {exc}", RuntimeWarning,
                               stacklevel=2)
+        unknown = sorted(self.disabled - set(self.infos) - _WARNED_UNKNOWN_DISABLED)
+        if unknown:  # most likely a typo, which would leave the plugin running
+            _WARNED_UNKNOWN_DISABLED.update(unknown)  # once per process, not per manager
+            close = {name: difflib.get_close_matches(name, list(self.infos), n=1)
+                     for name in unknown}
+            named = ", ".join(f"{name!r}" + (f" (did you mean {close[name][0]!r}?)"
+                                              if close[name] else "") for name in unknown)
+            logger.warning("BUS_DISABLED_PLUGINS names no installed plugin: %s; installed: %s",
+                           named, ", ".join(sorted(self.infos)))
 
     def register(self, plugin: object, name: str | None = None, *, enabled: bool = True) -> str:
         """Register a plugin given in code (a module, class or instance with hook impls)."""

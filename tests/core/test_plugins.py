@@ -597,3 +597,17 @@ def test_a_plugin_refusing_the_worker_start_leaves_nothing_running(make_bus):
         bus.client.start_worker()
     assert bus.client.running_workers == []
     assert stopped == ["released"]
+
+
+def test_an_unknown_name_in_bus_disabled_plugins_is_warned_about(monkeypatch, caplog):
+    import bus_core.plugins
+
+    monkeypatch.setattr(bus_core.plugins, "_WARNED_UNKNOWN_DISABLED", set())
+    monkeypatch.setenv("BUS_DISABLED_PLUGINS", "memroy")
+    PluginManager()
+    PluginManager()
+    warned = [r.getMessage() for r in caplog.records if "BUS_DISABLED_PLUGINS" in
+              r.getMessage()]
+    assert len(warned) == 1  # once per process
+    assert warned[0].startswith("BUS_DISABLED_PLUGINS names no installed plugin: 'memroy' "
+                                "(did you mean 'memory'?); installed: ")
