@@ -31,9 +31,10 @@ import pytest
 import bus_core
 from bus_core.api import Api
 from bus_core.client import Bus
+from bus_core.errors import InvalidArguments, WireError
 from bus_core.messages import EventMessage, RpcMessage
 from bus_core.plugins import hookimpl
-from bus_core.values import to_wire
+from bus_core.values import from_wire, to_wire
 
 __all__ = ["BusMock", "FiredEvent", "RpcCall", "memory_config"]
 
@@ -91,6 +92,17 @@ def _split_name(name: str) -> tuple[str, str]:
     if not api_name or not member:
         raise ValueError(f"{name!r} does not name an RPC or event: use 'api.name'")
     return api_name, member
+
+
+def _check_stubbed_return(name: str, return_type: Any, returns: Any) -> None:
+    """A stub answers what the real RPC could: its value must fit the return type."""
+    if return_type is Any:
+        return
+    try:
+        from_wire(to_wire(returns), return_type)
+    except (WireError, InvalidArguments) as exc:
+        raise ValueError(f"stub for {name} returns {returns!r}, which does not fit its return "
+                         f"type: {exc}") from None
 
 
 @dataclasses.dataclass
@@ -183,6 +195,9 @@ class BusMock:
         spec = getattr(spec_api, rpc_name, None) if spec_api is not None else None
         if spec_api is not None and spec is None:
             raise ValueError(f"{spec_api.__name__} has no RPC {rpc_name!r}")
+        if spec_api is not None and raises is None:
+            _check_stubbed_return(name, spec_api.definition.rpcs[rpc_name].return_type,
+                                  returns)
         self._specs[key] = spec
         self._serve(api_name)
 
@@ -241,6 +256,26 @@ class BusMock:
         """`name` (with parameters including `with_kwargs`, if given) was not fired."""
         self._assert_seen("event", self.events, name, 0, with_kwargs)
 
+    def _check_known(self, kind: str, name: str, with_kwargs: Mapping[str, Any]) -> None:
+        """A typo in an assertion must fail it, not make it pass: names and argument names
+        are checked against the API when its definition is known here."""
+        api_name, member = _split_name(name)
+        definition = self.bus.client.known_definition(api_name)
+        if definition is None:
+            return
+        members = definition.rpcs if kind == "RPC" else definition.events
+        found = members.get(member)
+        if found is None:
+            raise AssertionError(
+                f"API {api_name!r} has no {kind} {member!r}; its {kind}s: "
+                f"{', '.join(sorted(members)) or 'none'}")
+        names = [p.name for p in found.parameters]
+        unknown = [k for k in with_kwargs if k not in names]
+        if unknown and not getattr(found, "accepts_extra", False):
+            raise AssertionError(
+                f"{name} has no parameter {', '.join(map(repr, unknown))}; its parameters: "
+                f"{', '.join(names) or 'none'}")
+
     def reset(self) -> None:
         """Forget the recorded calls and events (stubs stay)."""
         self.rpc_calls.clear()
@@ -248,7 +283,7 @@ class BusMock:
 
     def _assert_seen(self, kind: str, seen: list[RpcCall] | list[FiredEvent], name: str,
                      times: int | None, with_kwargs: Mapping[str, Any] | None) -> None:
-        _split_name(name)
+        self._check_known(kind, name, with_kwargs or {})
         wanted = {k: to_wire(v) for k, v in (with_kwargs or {}).items()}
         count = sum(
             1 for record in seen

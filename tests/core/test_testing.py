@@ -145,6 +145,27 @@ def test_stubbing_an_rpc_the_api_class_lacks_is_refused(bus_mock: BusMock) -> No
         bus_mock.stub_rpc("clock.nope", returns=1, api=ClockApi)
 
 
+def test_a_stub_must_return_what_the_rpc_could(bus_mock: BusMock) -> None:
+    with pytest.raises(ValueError) as refused:
+        bus_mock.stub_rpc("clock.add", returns="three", api=ClockApi)
+    assert str(refused.value).startswith(
+        "stub for clock.add returns 'three', which does not fit its return type: ")
+    bus_mock.stub_rpc("clock.add", raises=ValueError("no"), api=ClockApi)  # raising: fine
+
+
+def test_a_typo_in_an_assertion_fails_it(bus: Bus, bus_mock: BusMock) -> None:
+    """Against a known API, a misspelled name or argument must not make an assertion pass."""
+    bus.client.register_api(ClockApi())
+    with pytest.raises(AssertionError, match="API 'clock' has no RPC 'ad'; its RPCs: add, now"):
+        bus_mock.assert_rpc_not_called("clock.ad")
+    with pytest.raises(AssertionError, match=r"clock.add has no parameter 'aa'; its "
+                                             r"parameters: a, b"):
+        bus_mock.assert_rpc_not_called("clock.add", with_kwargs={"aa": 1})
+    with pytest.raises(AssertionError, match="API 'clock' has no event 'tick'"):
+        bus_mock.assert_event_not_fired("clock.tick")
+    bus_mock.assert_rpc_not_called("elsewhere.anything")  # an unknown API: nothing to check
+
+
 # -- failure messages ------------------------------------------------------------------------
 
 
