@@ -24,7 +24,7 @@ import pytest
 import redis
 
 import bus_core
-from bus_core import Api, Bus, EventMessage, RpcTimeout, TransportError
+from bus_core import Api, Bus, EventMessage, MessageTooLarge, RpcTimeout, TransportError
 from tests.apis import AuthApi
 from tests.helpers import wait_until
 from tests.redis.conftest import RedisServer, redis_config
@@ -506,3 +506,26 @@ def test_a_password_in_the_url_works_and_never_leaks(own_redis_server: RedisServ
     for secret in ("s3cret", "wr0ng-pa55"):
         assert secret not in caplog.text
     assert caplog.text, "nothing was logged: the check above proves nothing"
+
+
+def test_max_message_size_bounds_a_whole_event_entry(make_redis_bus, redis_url, raw):
+    document = config(redis_url)
+    document["bus"]["max_message_size"] = 4096
+    bus = make_redis_bus(config=document, process_name="p1")
+    bus.client.register_api(AuthApi())
+    # Each field fits the limit, together they do not: refused before anything is sent.
+    with pytest.raises(MessageTooLarge, match=r"auth.user_registered is \d+ bytes in all, "
+                                              r"above bus.max_message_size \(4096\)"):
+        bus.auth.user_registered.fire(username="a" * 3000, email="b" * 3000)
+    assert raw.xlen(STREAM) == 0
+    handled: queue.Queue[str] = queue.Queue()
+    bus.client.listen("auth.user_registered", lambda event, **kw: handled.put(event.id),
+                      listener_name="welcome")
+    bus.client.start_worker()
+    big = raw.xadd(STREAM, entry(id="big", **{":username": json.dumps("a" * 3000),
+                                              ":email": json.dumps("b" * 3000)}))
+    raw.xadd(STREAM, entry(id="small"))
+    assert handled.get(timeout=WAIT) == "small"
+    dead = wait_until(lambda: raw.xrange(f"{STREAM}:dead"), "the big entry to be dead-lettered")
+    assert [_text(fields[b"bus_dead_entry_id"]) for _, fields in dead] == [_text(big)]
+    assert "above bus.max_message_size (4096)" in _text(dead[0][1][b"bus_dead_reason"])

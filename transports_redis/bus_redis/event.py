@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from bus_core.errors import BusError
+from bus_core.errors import BusError, MessageTooLarge
 from bus_core.messages import EventMessage
 from bus_core.transports import EventConsumer, EventDelivery, EventTransport
 from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
@@ -120,8 +120,14 @@ class RedisEventTransport(RedisTransport, EventTransport):
             "event_name": message.event_name,
             "version": str(message.version),
         }
+        size = 0
         for name, value in message.kwargs.items():
-            fields[f":{name}"] = self.serializer.dumps(value)
+            fields[f":{name}"] = data = self.serializer.dumps(value)
+            size += len(data)
+        limit = getattr(self.serializer, "max_size", None)
+        if limit is not None and size > limit:  # each field is bounded; so is their sum
+            raise MessageTooLarge(f"event {message.canonical_name} is {size} bytes in all, "
+                                  f"above bus.max_message_size ({limit})")
         return fields
 
     def decode(self, stream: str, entry_id: str, fields: dict[bytes, bytes] | None,
@@ -132,6 +138,13 @@ class RedisEventTransport(RedisTransport, EventTransport):
         metadata: dict[str, str] = {}
         kwargs: dict[str, Any] = {}
         problem = None
+        limit = getattr(self.serializer, "max_size", None)
+        size = sum(len(value) for value in fields.values())
+        if limit is not None and size > limit:
+            return EventDelivery(message=None, delivery_count=delivery_count, native_id=entry_id,
+                                 stream=stream, raw=fields,
+                                 problem=f"entry is {size} bytes in all, above "
+                                         f"bus.max_message_size ({limit})")
         for raw_name, raw_value in fields.items():
             name = _text(raw_name)
             if not name:
