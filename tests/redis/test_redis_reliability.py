@@ -340,6 +340,11 @@ def test_malformed_rpc_calls_never_stop_the_worker(make_redis_bus, raw, caplog):
                       "return_path": "http://elsewhere"},
          "kwargs": {"username": "admin", "password": "secret"}}))
 
+    # The same, but its caller gave up (no expiry key left): dropped, not answered.
+    raw.rpush("auth:rpc_queue", json.dumps(
+        {"metadata": {"id": "hand-3", "return_path": "redis+key://gone:reply"},
+         "kwargs": {}}))
+
     popped = raw.blpop(["hand:reply"], timeout=WAIT)
     assert popped is not None, "the malformed call with a return path got no answer"
     result = json.loads(popped[1])
@@ -353,6 +358,8 @@ def test_malformed_rpc_calls_never_stop_the_worker(make_redis_bus, raw, caplog):
     assert caller.auth.check_password(username="admin", password="secret") is True
     assert raw.llen("auth:rpc_queue") == 0
     assert "malformed RPC call" in caplog.text
+    assert "dropped a malformed RPC call (hand-3) whose caller no longer waits" in caplog.text
+    assert raw.llen("gone:reply") == 0
 
 
 # -- SIGTERM drains ---------------------------------------------------------------------------

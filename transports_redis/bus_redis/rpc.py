@@ -180,15 +180,19 @@ class RedisRpcConsumer(RpcConsumer):
         """Decode calls and drop those whose expiry key is gone (their caller gave up)."""
         serializer = self.transport.serializer
         decoded = [decode_call(serializer, data) for data in raw]
-        calls = [item for item in decoded if isinstance(item, RpcMessage)]
-        if not calls:
+        # A malformed call is answered only while its caller still waits, like any other.
+        ids = [item.id for item in decoded if item.id]
+        if not ids:
             return decoded
-        alive = dict(zip((call.id for call in calls), await self.transport.scripts.run(
-            self.transport.redis, "claim", [expiry_key(call.id) for call in calls], []),
-            strict=True))
-        for call in calls:
-            if alive[call.id] != 1:
+        alive = dict(zip(ids, await self.transport.scripts.run(
+            self.transport.redis, "claim", [expiry_key(i) for i in ids], []), strict=True))
+        for item in decoded:
+            if not item.id or alive[item.id] == 1:
+                continue
+            if isinstance(item, MalformedRpc):
+                logger.warning("dropped a malformed RPC call (%s) whose caller no longer "
+                               "waits: %s", item.id, item.problem)
+            else:
                 logger.debug("dropped %s() call %s: it expired before a worker took it",
-                             call.canonical_name, call.id)
-        return [item for item in decoded
-                if not isinstance(item, RpcMessage) or alive[item.id] == 1]
+                              item.canonical_name, item.id)
+        return [item for item in decoded if not item.id or alive[item.id] == 1]
