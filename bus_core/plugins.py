@@ -378,9 +378,18 @@ def _plugin_name(plugin: object) -> str:
 
 
 async def _settle(results: list[Any]) -> None:
-    for result in results:
-        if inspect.isawaitable(result):
+    """Await each implementation's coroutine in order; when one raises, the later ones are
+    closed unstarted (the first error stops the hook, as in pluggy)."""
+    for index, result in enumerate(results):
+        if not inspect.isawaitable(result):
+            continue
+        try:
             await result
+        except BaseException:
+            for later in results[index + 1:]:
+                if inspect.iscoroutine(later):
+                    later.close()
+            raise
 
 
 def _direct(impls: list[Any]) -> Callable[..., list[Any]]:

@@ -16,10 +16,11 @@ from bus_state import StateApi, WorkerStatus, read_workers
 from bus_state.commands import render_table
 
 import bus_core
-from bus_core import Api, Bus, ConfigError, Event, EventMessage, hookimpl
+from bus_core import Api, Bus, ConfigError, Event, EventMessage, PluginError, hookimpl
 from tests.apis import AuthApi
 from tests.conftest import memory_config
 from tests.helpers import EventRecorder, eventually, serving
+from tests.metrics.test_metrics import with_metrics
 from tests.state.conftest import with_state
 
 STATE_EVENTS = ["internal.state.worker_started", "internal.state.worker_ping",
@@ -127,6 +128,22 @@ async def test_nothing_is_announced_when_the_plugin_is_not_enabled(make_bus, bro
         assert "internal.state" not in bus.client.apis
         assert await read_workers(bus.client, window=10) == []
     await bus.client.close_async()
+
+
+async def test_a_worker_whose_start_is_refused_is_never_announced(
+        make_bus, broker_name) -> None:
+    """bus-metrics refuses the start when its port is taken; bus-state must not have told
+    the bus that the worker started (its hook runs last)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = with_metrics(state_config(broker_name), port=port)
+        bus = make_bus(config=config, service_name="auth_service")
+        bus.client.register_api(AuthApi())
+        with pytest.raises(PluginError, match="cannot serve"):
+            await bus.client.serve(stop=asyncio.Event())
+    assert await read_workers(bus.client, window=10) == []  # stopped ones included
 
 
 async def test_a_refused_announcement_is_logged_and_the_worker_serves_on(

@@ -168,7 +168,7 @@ def bus_register_commands(register: Any) -> None:
     register_commands(register)
 
 
-@hookimpl
+@hookimpl(trylast=True)  # announce a start only once the other plugins accepted it
 async def bus_worker_started(client: BusClient, worker: Worker) -> None:
     ensure_api(client)
     announcer = _announcers[worker] = Announcer(client, worker)
