@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import inspect
 import logging
+import operator
 import os
 import re
 import time
@@ -392,16 +393,27 @@ async def _settle(results: list[Any]) -> None:
             raise
 
 
+def _arguments_getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A C-level picker of the arguments an implementation names, as a tuple."""
+    if not names:
+        return lambda kwargs: ()
+    if len(names) == 1:
+        name = names[0]
+        return lambda kwargs: (kwargs[name],)
+    return operator.itemgetter(*names)
+
+
 def _direct(impls: list[Any]) -> Callable[..., list[Any]]:
     """Call plain hook implementations as pluggy would (last registered first, each with the
     arguments it names, results that are not None collected, the first exception raised),
     without pluggy's per-call machinery: these run for every message."""
-    plan = [(impl.function, tuple(impl.argnames)) for impl in reversed(impls)]
+    plan = [(impl.function, _arguments_getter(tuple(impl.argnames)))
+            for impl in reversed(impls)]
 
     def call(**kwargs: Any) -> list[Any]:
         results = []
-        for function, names in plan:
-            result = function(*[kwargs[name] for name in names])
+        for function, arguments in plan:
+            result = function(*arguments(kwargs))
             if result is not None:
                 results.append(result)
         return results
@@ -462,7 +474,7 @@ class HookFacade:
         if caller is None:
             return _DONE  # no coroutine to build, schedule or await
         results = caller(**kwargs)
-        if not any(inspect.isawaitable(r) for r in results):
+        if not results or not any(inspect.isawaitable(r) for r in results):
             return _DONE
         return _settle(results)
 
@@ -476,7 +488,7 @@ class HookFacade:
         except Exception:
             logger.exception("a %s hook implementation raised; carrying on", hook_name)
             return _DONE
-        if not any(inspect.isawaitable(r) for r in results):
+        if not results or not any(inspect.isawaitable(r) for r in results):
             return _DONE
         return self._observe_with(hook_name, results)
 
