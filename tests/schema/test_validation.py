@@ -456,6 +456,15 @@ async def test_an_rpc_missing_from_the_published_schema_is_refused_before_sendin
     assert queued(broker_name) == 0
 
 
+async def test_with_outgoing_validation_off_an_unpublished_rpc_goes_out(
+        make_bus, broker_name) -> None:
+    await publish_shop(make_bus, broker_name)
+    caller = make_bus(config=shop_config(broker_name, shop={"validate": False}),
+                      service_name="caller")
+    with pytest.raises(RpcTimeout):  # sent: nobody serves it, but it was not refused
+        await caller.shop.refnud.call_async(amount=1.5, bus_options=SHORT)
+
+
 class NewerShopApi(ShopApi):
     """The `shop` service after a release that added an RPC."""
 

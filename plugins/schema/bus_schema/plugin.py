@@ -145,9 +145,12 @@ async def bus_describe_apis(client: BusClient) -> dict[str, ApiDefinition]:
 def bus_before_rpc_call(client: BusClient, message: RpcMessage) -> Awaitable[None] | None:
     store = store_for(client)
     api_name, name = message.api_name, message.procedure_name
-    if api_name not in client.apis and api_name not in store.files:
-        published = store.published_rpcs(api_name) if store.fresh() else None
-        if published is None or name not in published:
+    if api_name not in client.apis and api_name not in store.files \
+            and directions(client.config.api(api_name).validate)[0]:
+        if not store.fresh():
+            return _check_remote_call(client, store, message)
+        published = store.published_rpcs(api_name)
+        if published is not None and name not in published:
             return _check_remote_call(client, store, message)
     return _check(client, api_name, "rpcs", name, "parameters", message.kwargs, True,
                   f"{message.canonical_name}()")

@@ -8,6 +8,7 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,13 +90,13 @@ class SchemaStore:
     def loaded_within(self, seconds: float) -> bool:
         return self._loaded_at is not None and time.monotonic() - self._loaded_at < seconds
 
-    def published_rpcs(self, api_name: str) -> set[str] | None:
-        """The RPC names of an API as its workers publish it (None when the live schema
+    def published_rpcs(self, api_name: str) -> Mapping[str, Any] | None:
+        """The RPCs of an API as its workers publish it, by name (None when the live schema
         does not have the API; schema files and local APIs are not "published")."""
         if api_name in self.client.apis or api_name in self.files:
             return None
         document = self.remote.get(api_name)
-        return None if document is None else set(document.get("rpcs") or ())
+        return None if document is None else (document.get("rpcs") or {})
 
     async def ensure_loaded(self, max_age: float | None = None) -> None:
         """Load remote schemas on first use, and again once they are older than the
