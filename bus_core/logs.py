@@ -15,11 +15,14 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+from collections.abc import Awaitable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from bus_core.messages import EventMessage, RpcMessage
+
+T = TypeVar("T")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _SHORT = {"api_name": "api", "procedure_name": "rpc", "event_name": "event",
@@ -45,6 +48,14 @@ def message_fields(message: RpcMessage | EventMessage, **more: Any) -> dict[str,
 def about(message: RpcMessage | EventMessage, **more: Any) -> contextvars.Token[Any]:
     """Make `message` the current message; undo with `current_message.reset(token)`."""
     return current_message.set(message_fields(message, **more))
+
+
+async def detached(awaitable: Awaitable[T]) -> T:
+    """Run `awaitable` about no message: wrap the body of a long-lived task that may be
+    started while one message is in hand (a reply reader, an acknowledgement flusher), so
+    its log lines do not carry that message's context for ever after."""
+    current_message.set(None)  # the task's own copy of the context
+    return await awaitable
 
 
 def bus_context(record: logging.LogRecord) -> dict[str, Any]:

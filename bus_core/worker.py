@@ -28,7 +28,7 @@ from bus_core.errors import (
     UnknownRpc,
     WireError,
 )
-from bus_core.logs import about, message_fields
+from bus_core.logs import about, detached, message_fields
 from bus_core.messages import EventMessage, ResultMessage, RpcMessage
 from bus_core.plugins import now
 from bus_core.transports import EventConsumer, EventDelivery, MalformedRpc, RpcConsumer
@@ -94,7 +94,7 @@ class _Acker:
     def ack(self, delivery: EventDelivery) -> None:
         self.pending.append(delivery)
         if self.flushing is None:
-            self.flushing = asyncio.get_running_loop().create_task(self._flush())
+            self.flushing = asyncio.get_running_loop().create_task(detached(self._flush()))
 
     async def _flush(self) -> None:
         try:
@@ -337,7 +337,7 @@ class Worker:
         if self._failed is not None and not self._failed.done():
             self._failed.set_result(None)
         if not self._run_waits:  # started with start(), not run(): nobody waits on _failed
-            self._stopper = asyncio.get_running_loop().create_task(self.stop())
+            self._stopper = asyncio.get_running_loop().create_task(detached(self.stop()))
 
     def _track(self, coro: Awaitable[Any], release: Callable[[], None] | None = None) -> None:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]

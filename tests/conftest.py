@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ import pytest
 
 import bus_core
 from bus_core import Bus
+from bus_core.logs import MessageContextFilter
 from bus_core.testing import memory_config as testing_memory_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,3 +83,32 @@ def run_python(*args: str, **kwargs: Any) -> Any:
 def bus_command() -> list[str]:
     """How to invoke the `bus` console script of this environment."""
     return [sys.executable, "-m", "bus_core.cli"]
+
+
+class Collect(logging.Handler):
+    """Keeps records as a log handler with Bus's filter sees them at emit time."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.addFilter(MessageContextFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def about(self, text: str) -> dict[str, object]:
+        (found,) = [r for r in self.records if r.getMessage().startswith(text)]
+        return getattr(found, "bus", {})
+
+
+@pytest.fixture
+def collected() -> Iterator[Collect]:
+    """Every log record of the test, with the message context it had when emitted."""
+    handler = Collect()
+    logger = logging.getLogger()
+    saved = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(saved)

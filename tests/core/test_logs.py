@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -13,7 +13,6 @@ from bus_core import Bus, hookimpl
 from bus_core.config import BUS_DEFAULTS, config_schema, validate_document
 from bus_core.logs import (
     JsonFormatter,
-    MessageContextFilter,
     TextFormatter,
     about,
     configure,
@@ -22,6 +21,7 @@ from bus_core.logs import (
 )
 from bus_core.messages import EventMessage
 from tests.apis import AuthApi
+from tests.conftest import Collect
 from tests.helpers import eventually, serving
 
 RPC_CONTEXT = {"bus": {"api_name": "auth", "message_id": "m1",
@@ -110,34 +110,6 @@ async def test_a_failing_rpc_is_logged_with_its_context(make_bus: Callable[..., 
     assert context["api_name"] == "auth" and context["procedure_name"] == "fail"
     assert context["message_id"]
     assert "[api=auth " in TextFormatter().format(line)
-
-
-class Collect(logging.Handler):
-    """Keeps records as a log handler with Bus's filter sees them at emit time."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.addFilter(MessageContextFilter())
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def about(self, text: str) -> dict[str, object]:
-        (found,) = [r for r in self.records if r.getMessage().startswith(text)]
-        return getattr(found, "bus", {})
-
-
-@pytest.fixture
-def collected() -> Iterator[Collect]:
-    handler = Collect()
-    logger = logging.getLogger()
-    saved = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(saved)
 
 
 class LogsAround:

@@ -10,9 +10,12 @@ import threading
 
 import pytest
 
+import bus_core
 from bus_core import EventMessage, PluginError, RemoteError, RpcTimeout, hookimpl
 from tests.apis import AuthApi
 from tests.core.test_lifetime import run_in_child
+from tests.helpers import eventually, serving
+from tests.redis.conftest import redis_config
 
 
 def test_rpc_and_event_between_two_clients(make_redis_bus):
@@ -82,3 +85,20 @@ async def test_a_refused_start_is_undone_quietly(make_redis_bus, caplog):
     noise = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
              and r.name.startswith("bus")]
     assert noise == [], noise  # the consumers were closed under no read
+
+
+async def test_the_reply_reader_logs_about_no_call(own_redis_server, collected):
+    """The reader task starts during the first call; its later lines are not about it."""
+    bus = bus_core.create(redis_config(own_redis_server.url), service_name="svc")
+    try:
+        bus.client.register_api(AuthApi())
+        async with serving(bus):
+            assert await bus.auth.check_password.call_async(username="admin",
+                                                            password="secret") is True
+            own_redis_server.stop()
+            await eventually(lambda: any("reading RPC results" in r.getMessage()
+                                         for r in collected.records))
+        first = next(r for r in collected.records if "reading RPC results" in r.getMessage())
+        assert getattr(first, "bus", None) is None  # no message context carried along
+    finally:
+        await bus.client.close_async()

@@ -9,6 +9,7 @@ from typing import Any, Generic, TypeVar
 
 from redis.exceptions import NoScriptError
 
+from bus_core.logs import detached
 from bus_core.transports import Transport
 from bus_redis.connection import DEFAULT_URL, SharedClient, acquire, redact, release
 
@@ -114,7 +115,7 @@ class Batcher(Generic[T, R]):
             return replies[0]
         finally:
             if self._queued:  # what queued meanwhile goes next, without holding us up
-                asyncio.get_running_loop().create_task(self._drain())
+                asyncio.get_running_loop().create_task(detached(self._drain()))
             else:
                 self._busy = False
 

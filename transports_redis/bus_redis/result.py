@@ -20,6 +20,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from bus_core.errors import BusError, MalformedMessage
+from bus_core.logs import detached
 from bus_core.messages import ResultMessage, RpcMessage, result_from_blob, result_to_blob
 from bus_core.runtime import time_out
 from bus_core.transports import ResultTransport
@@ -129,7 +130,8 @@ class RedisResultTransport(RedisTransport, ResultTransport):
 
     def _ensure_reader(self) -> None:
         if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(self._read_replies())
+            self._reader = asyncio.get_running_loop().create_task(
+                detached(self._read_replies()))
 
     async def _read_replies(self) -> None:
         """Pop results off the shared reply list for as long as the transport is open."""
