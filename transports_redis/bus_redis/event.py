@@ -126,8 +126,8 @@ class RedisEventTransport(RedisTransport, EventTransport):
             size += len(data)
         limit = getattr(self.serializer, "max_size", None)
         if limit is not None and size > limit:  # each field is bounded; so is their sum
-            raise MessageTooLarge(f"event {message.canonical_name} is {size} bytes in all, "
-                                  f"above bus.max_message_size ({limit})")
+            raise MessageTooLarge(f"event {message.canonical_name}'s parameters are {size} "
+                                  f"bytes in all, above bus.max_message_size ({limit})")
         return fields
 
     def decode(self, stream: str, entry_id: str, fields: dict[bytes, bytes] | None,
@@ -139,11 +139,12 @@ class RedisEventTransport(RedisTransport, EventTransport):
         kwargs: dict[str, Any] = {}
         problem = None
         limit = getattr(self.serializer, "max_size", None)
-        size = sum(len(value) for value in fields.values())
+        # The parameters' fields, as the sender counted them (metadata is not counted).
+        size = sum(len(value) for name, value in fields.items() if name[:1] in (b":", ":"))
         if limit is not None and size > limit:
             return EventDelivery(message=None, delivery_count=delivery_count, native_id=entry_id,
                                  stream=stream, raw=fields,
-                                 problem=f"entry is {size} bytes in all, above "
+                                 problem=f"entry's parameters are {size} bytes in all, above "
                                          f"bus.max_message_size ({limit})")
         for raw_name, raw_value in fields.items():
             name = _text(raw_name)
