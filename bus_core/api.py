@@ -131,7 +131,7 @@ class ApiDefinition:
     doc: str | None
 
 
-def _rpc_definition(name: str, method: Callable[..., Any]) -> RpcDefinition:
+def rpc_definition(name: str, method: Callable[..., Any]) -> RpcDefinition:
     signature = inspect.signature(method)
     try:
         hints = typing.get_type_hints(method, include_extras=True)
@@ -202,7 +202,7 @@ class Api:
                 if isinstance(value, Event):
                     events[attr] = EventDefinition(attr, value.parameters, value.record)
                 elif inspect.isfunction(value):
-                    rpcs[attr] = _rpc_definition(attr, value)
+                    rpcs[attr] = rpc_definition(attr, value)
         for member in (*rpcs, *events):
             if not _MEMBER_NAME.match(member):
                 raise InvalidApi(f"{cls.__name__}.{member} is not a valid RPC or event name")

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 import bus_core
-from bus_core.api import Api
+from bus_core.api import Api, rpc_definition
 from bus_core.client import Bus
 from bus_core.errors import InvalidArguments, WireError
 from bus_core.messages import EventMessage, RpcMessage
@@ -186,18 +186,22 @@ class BusMock:
         bus is used, if any. Stubbing the same RPC again replaces the answer."""
         api_name, rpc_name = _split_name(name)
         key = (api_name, rpc_name)
-        known = key in self._stubs
+        restub = key in self._specs and api is None  # keeps the spec it was stubbed with
+        if restub:
+            spec = self._specs[key]
+        else:
+            spec_api = api or (type(self.bus.client.apis[api_name])
+                               if api_name in self.bus.client.apis else None)
+            spec = None
+            if spec_api is not None:
+                if rpc_name not in spec_api.definition.rpcs:
+                    raise ValueError(f"{spec_api.__name__} has no RPC {rpc_name!r}")
+                spec = getattr(spec_api, rpc_name)
+        if spec is not None and raises is None:  # checked before anything changes
+            _check_stubbed_return(name, rpc_definition(rpc_name, spec).return_type, returns)
         self._stubs[key] = _Stub(returns, raises)
-        if known and api is None:
+        if restub:
             return
-        spec_api = api or (type(self.bus.client.apis[api_name])
-                           if api_name in self.bus.client.apis else None)
-        spec = getattr(spec_api, rpc_name, None) if spec_api is not None else None
-        if spec_api is not None and spec is None:
-            raise ValueError(f"{spec_api.__name__} has no RPC {rpc_name!r}")
-        if spec_api is not None and raises is None:
-            _check_stubbed_return(name, spec_api.definition.rpcs[rpc_name].return_type,
-                                  returns)
         self._specs[key] = spec
         self._serve(api_name)
 

@@ -201,3 +201,25 @@ def test_assert_event_fired_fails_listing_the_events_seen(bus: Bus, bus_mock: Bu
 def test_a_name_without_an_api_is_refused(bus_mock: BusMock) -> None:
     with pytest.raises(ValueError, match="api.name"):
         bus_mock.assert_rpc_called("add")
+
+
+def test_a_refused_stub_changes_nothing_and_the_corrected_one_serves(
+        bus: Bus, bus_mock: BusMock) -> None:
+    with pytest.raises(ValueError, match="does not fit its return type"):
+        bus_mock.stub_rpc("clock.add", returns="three", api=ClockApi)
+    bus_mock.stub_rpc("clock.add", returns=3, api=ClockApi)
+    assert bus.clock.add(a=1, b=2) == 3
+    with pytest.raises(ValueError, match="does not fit"):  # a re-stub is checked too
+        bus_mock.stub_rpc("clock.add", returns="four")
+    assert bus.clock.add(a=1, b=2) == 3  # the refused re-stub left the answer alone
+
+
+def test_stubbing_an_event_as_an_rpc_is_refused(bus_mock: BusMock) -> None:
+    class Ticking(Api):
+        ticked = Event(parameters=("n",))
+
+        class Meta:
+            name = "ticking"
+
+    with pytest.raises(ValueError, match="Ticking has no RPC 'ticked'"):
+        bus_mock.stub_rpc("ticking.ticked", returns=1, api=Ticking)
