@@ -800,14 +800,16 @@ class BusClient:
             self.closed = True
         worker, self._background_worker = self._background_worker, None
         thread = self._loop_thread
-        if thread is not None:
-            if worker is not None:
+        try:
+            if thread is not None and worker is not None:
                 thread.run(worker.stop())
-            if thread.loop in self._states:
+            if thread is not None and thread.loop in self._states:
                 thread.run(self._close_state(thread.loop))
-            thread.stop()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        finally:  # even when stopping the worker failed (or Ctrl-C): nothing left running
+            if thread is not None:
+                thread.stop()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _close_state(self, loop: asyncio.AbstractEventLoop) -> None:
         state = self._states.pop(loop, None)

@@ -103,3 +103,22 @@ def test_a_forked_child_starts_afresh(make_bus: Callable[..., Bus]) -> None:
     host = parent_name.rsplit("-", 1)[0]
     assert (parent_name, child_name) == (f"{host}-{os.getpid()}", f"{host}-{child_pid}")
     assert bus.auth.check_password(username="admin", password="secret") is True  # parent fine
+
+
+def test_close_stops_the_loop_thread_even_when_stopping_the_worker_fails(
+        make_bus: Callable[..., Bus]) -> None:
+    bus = make_bus()
+    bus.client.register_api(AuthApi())
+    worker = bus.client.start_worker()
+    thread = bus.client.loop_thread.thread
+
+    async def stop_that_fails() -> None:
+        raise RuntimeError("stopping failed")
+
+    worker.stop = stop_that_fails  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="stopping failed"):
+        bus.close()
+    thread.join(5)
+    assert not thread.is_alive()
+    with pytest.raises(BusError, match="closed"):
+        bus.auth.check_password(username="a", password="b")
