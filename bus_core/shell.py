@@ -206,6 +206,8 @@ def cmd_shell(args: argparse.Namespace) -> int:
     finally:
         undo_completion()
         try:
+            # A worker started at the prompt drains while its transports are still open.
+            bus.client.stop_worker()
             shell_loop.run(bus.client.close_async())
         finally:
             bus.close()

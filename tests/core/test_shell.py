@@ -243,3 +243,21 @@ def test_ctrl_c_stops_a_long_await_and_keeps_the_prompt():
         terminal.expect("KeyboardInterrupt")
         terminal.expect(">>> ")
         terminal.say("6 * 7\n", "42\r\n>>> ")
+
+
+def test_leaving_drains_a_worker_started_at_the_prompt_before_closing(tmp_path):
+    (tmp_path / "bus.py").write_text(
+        "import bus_core\n"
+        "from bus_core import Api, hookimpl\n"
+        "class Order:\n"
+        "    @hookimpl\n"
+        "    def bus_worker_stopping(self):\n"
+        "        print('worker stopping', flush=True)\n"
+        "    @hookimpl\n"
+        "    def bus_client_stopping(self):\n"
+        "        print('client stopping', flush=True)\n"
+        "bus = bus_core.create(plugins=[Order()])\n")
+    result = shell("bus.client.start_worker() and None\n", "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.replace(">>> ", "").splitlines() if line]
+    assert lines.index("worker stopping") < lines.index("client stopping"), lines
