@@ -378,18 +378,22 @@ def _plugin_name(plugin: object) -> str:
     return getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{id(plugin):x}"
 
 
+def _close_unstarted(results: list[Any]) -> None:
+    for result in results:
+        if inspect.iscoroutine(result):
+            result.close()
+
+
 async def _settle(results: list[Any]) -> None:
     """Await each implementation's coroutine in order; when one raises, the later ones are
-    closed unstarted (the first error stops the hook, as in pluggy)."""
+    closed unstarted (the first error stops a "before" hook, as in pluggy)."""
     for index, result in enumerate(results):
         if not inspect.isawaitable(result):
             continue
         try:
             await result
         except BaseException:
-            for later in results[index + 1:]:
-                if inspect.iscoroutine(later):
-                    later.close()
+            _close_unstarted(results[index + 1:])
             raise
 
 
@@ -412,10 +416,14 @@ def _direct(impls: list[Any]) -> Callable[..., list[Any]]:
 
     def call(**kwargs: Any) -> list[Any]:
         results = []
-        for function, arguments in plan:
-            result = function(*arguments(kwargs))
-            if result is not None:
-                results.append(result)
+        try:
+            for function, arguments in plan:
+                result = function(*arguments(kwargs))
+                if result is not None:
+                    results.append(result)
+        except BaseException:
+            _close_unstarted(results)  # the coroutines of the implementations before it
+            raise
         return results
 
     return call
@@ -494,10 +502,15 @@ class HookFacade:
 
     @staticmethod
     async def _observe_with(hook_name: str, results: list[Any]) -> None:
-        try:
-            await _settle(results)
-        except Exception:
-            logger.exception("a %s hook implementation raised; carrying on", hook_name)
+        """Each observer runs whatever the others do: one failing is logged, not allowed to
+        keep the rest (metrics, state, ...) from seeing the message."""
+        for result in results:
+            if not inspect.isawaitable(result):
+                continue
+            try:
+                await result
+            except Exception:
+                logger.exception("a %s hook implementation raised; carrying on", hook_name)
 
     # lifecycle
     def client_started(self, client: BusClient) -> Awaitable[None]:
@@ -570,7 +583,13 @@ class HookFacade:
         caller = self._callers.get("bus_describe_apis")
         described: dict[str, ApiDefinition] = {}
         for answer in caller(client=client) if caller is not None else ():
-            for name, definition in dict(await settle(answer) or {}).items():
+            try:  # an aid for tools: one plugin failing leaves the others' answers
+                answered = dict(await settle(answer) or {})
+            except Exception as exc:
+                logger.warning("a bus_describe_apis implementation failed: %s: %s",
+                               type(exc).__name__, exc)
+                continue
+            for name, definition in answered.items():
                 described.setdefault(name, definition)
         return described
 

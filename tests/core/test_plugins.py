@@ -611,3 +611,28 @@ def test_an_unknown_name_in_bus_disabled_plugins_is_warned_about(monkeypatch, ca
     assert len(warned) == 1  # once per process
     assert warned[0].startswith("BUS_DISABLED_PLUGINS names no installed plugin: 'memroy' "
                                 "(did you mean 'memory'?); installed: ")
+
+
+class FailingObserver:
+    @hookimpl
+    async def bus_after_event_fire(self, message):
+        raise RuntimeError("observer broke")
+
+
+class CountingObserver:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @hookimpl
+    async def bus_after_event_fire(self, message):
+        self.seen.append(message.event_name)
+
+
+async def test_one_failing_observer_does_not_keep_the_others_from_seeing(make_bus, caplog):
+    counting = CountingObserver()
+    # Registered after it, the failing one is called first.
+    bus = make_bus(plugins=[counting, FailingObserver()])
+    bus.client.register_api(AuthApi())
+    await bus.auth.user_registered.fire_async(username="a", email="b")
+    assert counting.seen == ["user_registered"]
+    assert "a bus_after_event_fire hook implementation raised" in caplog.text
