@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from bus_core.client import Bus
+from bus_core.client import Bus, rpc_timeout_message
 from bus_core.errors import BusError, RemoteError, RpcTimeout
 from bus_core.messages import EventMessage
 
@@ -145,9 +145,8 @@ def cmd_call(args: argparse.Namespace) -> int:
         except RpcTimeout:
             seconds = args.timeout or bus.client.config.api(api_name).rpc_timeout
             source = "--timeout" if args.timeout else f"apis.{api_name}.rpc_timeout"
-            print(f"bus: error: {api_name}.{name}() got no result within {seconds:g}s "
-                  f"({source}): no worker serving API {api_name!r} answered in time (none "
-                  "running, all busy, or the RPC is slower than that)", file=sys.stderr)
+            print(f"bus: error: {rpc_timeout_message(api_name, name, seconds, source)}",
+                  file=sys.stderr)
             return 1
         except RemoteError as exc:
             print(f"bus: error: {api_name}.{name}() raised {exc.remote_type}: "

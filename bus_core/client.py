@@ -661,10 +661,7 @@ class BusClient:
                                                            timeout=timeout)
         except (TimeoutError, asyncio.TimeoutError):
             error: BaseException = RpcTimeout(
-                f"{api_name}.{procedure_name}() got no result within {timeout:g}s "
-                f"({timeout_source}): no worker serving API {api_name!r} answered in time "
-                "(none running, all busy, or the RPC is slower than that)"
-            )
+                rpc_timeout_message(api_name, procedure_name, timeout, timeout_source))
             await self.hooks.after_rpc_call(self, message, None, error, now() - started)
             raise error from None
         except BaseException as exc:
@@ -839,6 +836,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     async def _within(awaitable: Coroutine[Any, Any, T], seconds: float) -> T:
         return await asyncio.wait_for(awaitable, seconds)
+
+
+def rpc_timeout_message(api_name: str, procedure_name: str, seconds: float,
+                        source: str) -> str:
+    return (f"{api_name}.{procedure_name}() got no result within {seconds:g}s ({source}): no "
+            f"worker serving API {api_name!r} answered in time (none running, all busy, or "
+            "the RPC is slower than that)")
 
 
 def _timeout(bus_options: dict[str, Any] | None, default: float, setting: str

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from bus_core.errors import BusError
 
 T = TypeVar("T")
+_CLOSED_CHECK = 1.0  # seconds between checks that a waited-on loop still runs
 
 
 class LoopThread:
@@ -59,6 +60,13 @@ class LoopThread:
             coro.close()
             raise BusError("this bus client is closed") from None
         try:
+            # Not future.result(timeout): its TimeoutError could not be told from the call's
+            # own (RpcTimeout is one). A call handed over just as the loop shut down is never
+            # run: notice that instead of waiting for ever.
+            while not concurrent.futures.wait([future], timeout=_CLOSED_CHECK).done:
+                if self.loop.is_closed() or not self.thread.is_alive():
+                    future.cancel()
+                    raise BusError("this bus client is closed")
             return future.result()
         except KeyboardInterrupt:
             future.cancel()

@@ -358,7 +358,7 @@ def test_malformed_rpc_calls_never_stop_the_worker(make_redis_bus, raw, caplog):
     assert caller.auth.check_password(username="admin", password="secret") is True
     assert raw.llen("auth:rpc_queue") == 0
     assert "malformed RPC call" in caplog.text
-    assert "dropped a malformed RPC call (hand-3) whose caller no longer waits" in caplog.text
+    assert "dropped a malformed RPC call (hand-3): its expiry key is gone" in caplog.text
     assert raw.llen("gone:reply") == 0
 
 

@@ -190,8 +190,8 @@ class RedisRpcConsumer(RpcConsumer):
             if not item.id or alive[item.id] == 1:
                 continue
             if isinstance(item, MalformedRpc):
-                logger.warning("dropped a malformed RPC call (%s) whose caller no longer "
-                               "waits: %s", item.id, item.problem)
+                logger.warning("dropped a malformed RPC call (%s): its expiry key is gone (the "
+                               "caller gave up, or never set one): %s", item.id, item.problem)
             else:
                 logger.debug("dropped %s() call %s: it expired before a worker took it",
                               item.canonical_name, item.id)
