@@ -193,9 +193,11 @@ def _text(value: bytes | str) -> str:
 # -- a Redis restart --------------------------------------------------------------------------
 
 
-def test_worker_and_caller_carry_on_after_a_redis_restart(own_redis_server: RedisServer,
-                                                          open_bus):
-    document = config(own_redis_server.url)
+def serving_pair(open_bus: Callable[..., Bus], document: dict[str, Any], username: str
+                 ) -> tuple[Bus, Bus, queue.Queue[str]]:
+    """A worker serving AuthApi with a `welcome` listener, and a caller; checked once both
+    ways (an RPC answered, an event fired as `username` heard). Returns what the listener
+    hears on."""
     heard: queue.Queue[str] = queue.Queue()
     worker = open_bus(document, service_name="auth_service", process_name="worker")
     worker.client.register_api(AuthApi())
@@ -204,8 +206,14 @@ def test_worker_and_caller_carry_on_after_a_redis_restart(own_redis_server: Redi
     worker.client.start_worker()
     caller = open_bus(document, service_name="web", process_name="caller")
     assert caller.auth.check_password(username="admin", password="secret") is True
-    worker.auth.user_registered.fire(username="before", email="b@example.com")
-    assert heard.get(timeout=WAIT) == "before"
+    worker.auth.user_registered.fire(username=username, email=f"{username}@example.com")
+    assert heard.get(timeout=WAIT) == username
+    return worker, caller, heard
+
+
+def test_worker_and_caller_carry_on_after_a_redis_restart(own_redis_server: RedisServer,
+                                                          open_bus):
+    worker, caller, heard = serving_pair(open_bus, config(own_redis_server.url), "before")
 
     own_redis_server.stop()
     began = time.monotonic()
@@ -469,16 +477,7 @@ def test_a_password_in_the_url_works_and_never_leaks(own_redis_server: RedisServ
     right = config(f"redis://:s3cret@{host}/0")
     wrong = config(f"redis://:wr0ng-pa55@{host}/0")
 
-    heard: queue.Queue[str] = queue.Queue()
-    worker = open_bus(right, service_name="auth_service", process_name="worker")
-    worker.client.register_api(AuthApi())
-    worker.auth.user_registered.listen(
-        lambda event, username, email: heard.put(username), listener_name="welcome")
-    worker.client.start_worker()
-    caller = open_bus(right, service_name="web", process_name="caller")
-    assert caller.auth.check_password(username="admin", password="secret") is True
-    worker.auth.user_registered.fire(username="ada", email="ada@example.com")
-    assert heard.get(timeout=WAIT) == "ada"
+    worker, caller, _ = serving_pair(open_bus, right, "ada")
 
     errors: list[BaseException] = []
     intruder = open_bus(wrong, service_name="intruder")
