@@ -61,6 +61,8 @@ BUS_DEFAULTS: dict[str, Any] = {
     "handler_threads": 32,
     "log_level": None,
     "log_format": "text",
+    "strict_parameters": False,
+    "send_tracebacks": True,
     "schema": {"ttl": 60, "transport": DEFAULT_TRANSPORT},
 }
 
@@ -149,6 +151,16 @@ def config_schema(plugins: PluginManager | None = None) -> dict[str, Any]:
                     "handler_threads": {"type": "integer", "minimum": 1},
                     "log_level": {"enum": [None, "DEBUG", "INFO", "WARNING", "ERROR"]},
                     "log_format": {"enum": ["text", "json"]},
+                    "strict_parameters": {
+                        "type": "boolean",
+                        "description": "dead-letter a received event that carries a parameter "
+                                       "its API does not declare (default: deliver it "
+                                       "without that field, and log it once)"},
+                    "send_tracebacks": {
+                        "type": "boolean",
+                        "description": "error results carry the worker's traceback "
+                                       "(Lightbus does); false: only the error's type and "
+                                       "message"},
                     "schema": {
                         "type": "object",
                         "additionalProperties": False,
