@@ -18,6 +18,7 @@ import concurrent.futures
 import dataclasses
 import inspect
 import logging
+import math
 import os
 import re
 import sys
@@ -727,8 +728,7 @@ class BusClient:
         try:
             await _within(transport.send_event(message), timeout)
         except (TimeoutError, asyncio.TimeoutError):
-            error = BusError(f"firing {where} was not accepted by the event transport within "
-                             f"{timeout:g}s ({timeout_source})")
+            error = BusError(fire_timeout_message(where, timeout, timeout_source))
             await self.hooks.after_event_fire(self, message, error, now() - started)
             raise error from None
         except BaseException as exc:
@@ -845,6 +845,14 @@ def rpc_timeout_message(api_name: str, procedure_name: str, seconds: float,
             "the RPC is slower than that)")
 
 
+def fire_timeout_message(where: str, seconds: float, source: str) -> str:
+    """A fire that timed out may have reached the transport all the same (a slow Redis
+    writes it late): say so, so nobody re-fires blindly."""
+    return (f"firing {where} was not confirmed by the event transport within {seconds:g}s "
+            f"({source}); it may still have been written and delivered, so firing it again "
+            "may deliver it twice")
+
+
 def _timeout(bus_options: dict[str, Any] | None, default: float, setting: str
              ) -> tuple[float, str]:
     """The timeout to use, and where it came from (for error messages)."""
@@ -858,7 +866,8 @@ def _timeout(bus_options: dict[str, Any] | None, default: float, setting: str
                                    f"known: {', '.join(_BUS_OPTIONS)}")
     if bus_options and bus_options.get("timeout") is not None:
         value = bus_options["timeout"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value <= 0:
             raise InvalidArguments(f"bus_options timeout must be a positive number of "
                                    f"seconds, got {value!r}")
         return float(value), "bus_options timeout"
@@ -896,6 +905,9 @@ def wire_kwargs(where: str, kwargs: dict[str, Any],
                 from_wire(wire, hint)
         except WireError as exc:
             raise InvalidArguments(f"{where} parameter {key!r}: {exc}") from None
+        except RecursionError:
+            raise InvalidArguments(f"{where} parameter {key!r} nests too deeply to send (or "
+                                   "contains itself)") from None
     return out
 
 
@@ -917,9 +929,15 @@ def cast_kwargs(where: str, kwargs: dict[str, Any], hints: dict[str, Any]) -> di
     return out
 
 
-def error_result(message: RpcMessage, error: BaseException) -> ResultMessage:
-    """A Lightbus-compatible error result: `repr(error)` plus the formatted traceback."""
-    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+def error_result(message: RpcMessage, error: BaseException, *,
+                 with_traceback: bool = True) -> ResultMessage:
+    """A Lightbus-compatible error result: `repr(error)` plus the formatted traceback, or
+    (`bus.send_tracebacks: false`) only its last line, the type and message, so no path or
+    source line of the worker reaches the caller."""
+    if with_traceback:
+        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    else:
+        trace = "".join(traceback.format_exception_only(type(error), error))
     return ResultMessage(rpc_message_id=message.id, result=repr(error), error=True, trace=trace)
 
 

@@ -309,6 +309,25 @@ def bus_on_handler_error(
     """
 
 
+@hookspec
+def bus_on_undeclared_parameters(
+    client: BusClient, message: EventMessage, listener_name: str, parameter_names: list[str],
+) -> None:
+    """A received event carries parameters its API does not declare (a newer or foreign
+    sender). The listener gets the event without them; with ``bus.strict_parameters: true``
+    the event is dead-lettered instead and this hook is not called (``bus_on_handler_error``
+    is, with action ``"dead_letter"``).
+
+    Called only for such events, so it costs nothing on the usual path.
+
+    :param client: the bus client listening.
+    :param message: the event as received (its ``kwargs`` still hold the extra parameters).
+    :param listener_name: the listener it was delivered to.
+    :param parameter_names: the undeclared parameter names, sorted.
+    :return: nothing; may be a coroutine. Exceptions are logged, not raised.
+    """
+
+
 # ----------------------------------------------------------------------------------------
 # Introspection: awaited on demand, enabled plugins only.
 # ----------------------------------------------------------------------------------------

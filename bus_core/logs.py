@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import time
 from collections.abc import Awaitable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -80,11 +81,30 @@ class MessageContextFilter(logging.Filter):
         return True
 
 
+# Control characters (line breaks above all) escaped in text logs: a name or value from the
+# wire that reaches a log line can then never start a forged line of its own.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, 0x85)}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t",
+                 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def one_line(text: str) -> str:
+    """`text` with every line break and other control character escaped."""
+    return text.translate(_ESCAPES)
+
+
 class TextFormatter(logging.Formatter):
-    """Human-readable lines, with a `[api=... rpc=... id=...]` suffix about the message."""
+    """Human-readable lines, with a `[api=... rpc=... id=...]` suffix about the message.
+
+    The message and the context are escaped to one line (a traceback, added below, is the
+    only thing that spans lines), so text read off the wire cannot forge a log line."""
 
     def __init__(self, fmt: str = TEXT_FORMAT, datefmt: str | None = None) -> None:
         super().__init__(fmt, datefmt)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -93,8 +113,8 @@ class TextFormatter(logging.Formatter):
             return text
         order = [*(key for key in _SHORT if key in context),
                  *(key for key in context if key not in _SHORT)]
-        suffix = " ".join(f"{_SHORT.get(key, key)}={context[key]}" for key in order
-                          if context[key] is not None)
+        suffix = one_line(" ".join(f"{_SHORT.get(key, key)}={context[key]}" for key in order
+                                   if context[key] is not None))
         first, newline, rest = text.partition("\n")  # keep a traceback below the suffix
         return f"{first} [{suffix}]{newline}{rest}"
 
@@ -141,3 +161,27 @@ def configure(level: str = "INFO", log_format: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+class Throttle:
+    """At most one log line per `interval` seconds for a kind of trouble that outside input
+    can repeat at will (a flood of malformed replies must not flood the log); the next line
+    says how many were left out meanwhile."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._next = 0.0
+        self.suppressed = 0
+
+    def warning(self, message: str, *args: Any, **kwargs: Any) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self.suppressed += 1
+            return
+        self._next = now + self.interval
+        if self.suppressed:
+            message += f" (and {self.suppressed} more like it in the last %gs)"
+            args = (*args, self.interval)
+            self.suppressed = 0
+        self.logger.warning(message, *args, **kwargs)

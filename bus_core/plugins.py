@@ -576,6 +576,12 @@ class HookFacade:
         return self._observe("bus_on_handler_error", client=client, message=message,
                              listener_name=listener_name, error=error, action=action)
 
+    def on_undeclared_parameters(self, client: BusClient, message: EventMessage,
+                                 listener_name: str,
+                                 parameter_names: list[str]) -> Awaitable[None]:
+        return self._observe("bus_on_undeclared_parameters", client=client, message=message,
+                             listener_name=listener_name, parameter_names=parameter_names)
+
     # introspection
     async def describe_apis(self, client: BusClient) -> dict[str, ApiDefinition]:
         """What the enabled plugins know of APIs (later-registered plugins answer first;

@@ -28,7 +28,7 @@ from bus_core.errors import (
     UnknownRpc,
     WireError,
 )
-from bus_core.logs import about, detached, message_fields
+from bus_core.logs import Throttle, about, detached, message_fields
 from bus_core.messages import EventMessage, ResultMessage, RpcMessage
 from bus_core.plugins import now
 from bus_core.transports import EventConsumer, EventDelivery, MalformedRpc, RpcConsumer
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("bus.worker")
 _RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+MAX_LOGGED_NAMES = 1000  # undeclared parameter names logged once each, at most this many
 
 
 def _utc_now() -> datetime:
@@ -141,6 +142,13 @@ class Worker:
         self.lock_owner = f"{client.process_name}:{uuid.uuid4().hex[:12]}"
         # Seconds a single task's lock outlives a crashed holder (kept alive every third).
         self.lock_ttl = float(client.config.bus["single_task_lock_ttl"])
+        self.send_tracebacks = bool(client.config.bus["send_tracebacks"])
+        self.strict_parameters = bool(client.config.bus["strict_parameters"])
+        self._result_failures = Throttle(logger)
+        self._malformed_calls = Throttle(logger)
+        # (listener, api, event) -> the parameter names the event is known to have
+        self._declared: dict[tuple[str, str, str], frozenset[str] | None] = {}
+        self._undeclared_seen: set[tuple[str, str, str]] = set()
 
     @property
     def api_names(self) -> list[str]:
@@ -157,7 +165,16 @@ class Worker:
     # -- start and stop --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open every consumer, run the start functions, then begin consuming."""
+        """Open every consumer, run the start functions, then begin consuming. A start that
+        fails part way (a listener's transport refuses, a plugin refuses) undoes itself: no
+        loop it had begun keeps running."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._abandon_start()
+            raise
+
+    async def _start(self) -> None:
         client = self.client
         state = await client.state()
         self.loop = asyncio.get_running_loop()
@@ -327,6 +344,8 @@ class Worker:
         for consumer in self._consumers:
             with contextlib.suppress(Exception):
                 await consumer.close()
+        self._loops.clear()
+        self._consumers.clear()
 
     def fail(self, error: BaseException) -> None:
         """Stop the worker because of `error` (a listener with on_error='stop')."""
@@ -426,7 +445,7 @@ class Worker:
             logger.warning("%s raised %s: %s", where, type(error).__name__, error,
                            extra={"bus": message_fields(message)})
             await client.hooks.on_handler_error(client, message, None, error, "reply_error")
-            reply = error_result(message, error)
+            reply = self._error_result(message, error)
         else:
             reply = ResultMessage(rpc_message_id=message.id, result=result)
         await self._send_result(message, reply)
@@ -441,21 +460,28 @@ class Worker:
                 if reply.error:
                     raise
                 # The result itself cannot travel: tell the caller why instead.
-                await transport.send_result(message, error_result(message, exc),
+                await transport.send_result(message, self._error_result(message, exc),
                                             message.return_path)
-        except Exception:
-            logger.exception("sending the result of %s.%s() to %r failed", message.api_name,
-                             message.procedure_name, message.return_path,
-                             extra={"bus": message_fields(message)})
+        except Exception as exc:
+            # One line, throttled: a peer sending calls with unusable return paths must not
+            # flood the log with tracebacks.
+            self._result_failures.warning(
+                "sending the result of %s.%s() to %r failed: %s: %s", message.api_name,
+                message.procedure_name, message.return_path, type(exc).__name__, exc,
+                extra={"bus": message_fields(message)})
+
+    def _error_result(self, message: RpcMessage, error: BaseException) -> ResultMessage:
+        return error_result(message, error, with_traceback=self.send_tracebacks)
 
     async def _answer_malformed(self, item: MalformedRpc) -> None:
-        logger.warning("received a malformed RPC call: %s", item.problem,
-                       extra={"bus": {"message_id": item.id}} if item.id else None)
+        self._malformed_calls.warning(
+            "received a malformed RPC call: %s", item.problem,
+            extra={"bus": {"message_id": item.id}} if item.id else None)
         if item.return_path:  # the caller can still be told, rather than left to time out
             stub = RpcMessage(api_name="?", procedure_name="?", kwargs={},
                               id=item.id or "unknown", return_path=item.return_path)
             error = MalformedMessage(item.problem)
-            await self._send_result(stub, error_result(stub, error))
+            await self._send_result(stub, self._error_result(stub, error))
 
     # -- events ----------------------------------------------------------------------------
 
@@ -467,6 +493,44 @@ class Worker:
         return self._consume(loop, consumer, limit,
                              lambda delivery: self._handle_event(listener, consumer, acker,
                                                                  delivery))
+
+    def _declared_parameters(self, listener: Listener, api_name: str, event_name: str
+                             ) -> frozenset[str] | None:
+        """The parameters the event is known to have: its API's definition (registered or
+        described), else what the handler takes; None when neither says."""
+        key = (listener.name, api_name, event_name)
+        if key in self._declared:
+            return self._declared[key]
+        definition = self.client.known_definition(api_name)
+        event = definition.events.get(event_name) if definition is not None else None
+        if event is not None:
+            names: frozenset[str] | None = frozenset(p.name for p in event.parameters)
+        else:
+            names = None if listener.accepts_extra else listener.parameter_names
+        self._declared[key] = names
+        return names
+
+    async def _undeclared(self, listener: Listener, message: EventMessage,
+                          declared: frozenset[str]) -> None:
+        """A parameter the event does not declare: refused under bus.strict_parameters,
+        else delivered without it (Lightbus peers may send more), logged once per
+        API/event/parameter and reported to the plugins (metrics count it)."""
+        extra = sorted(set(message.kwargs) - declared)
+        if self.strict_parameters:
+            raise WireError(f"event {message.canonical_name} carries parameter(s) "
+                            f"{', '.join(map(repr, extra))} that it does not declare "
+                            "(bus.strict_parameters: true)")
+        for name in extra:
+            seen = (message.api_name, message.event_name, name)
+            if seen in self._undeclared_seen or len(self._undeclared_seen) >= MAX_LOGGED_NAMES:
+                continue
+            self._undeclared_seen.add(seen)
+            logger.warning("event %s carries parameter %r that it does not declare; "
+                           "delivered without it (this is logged once; "
+                           "bus.strict_parameters: true dead-letters such events)",
+                           message.canonical_name, name)
+        await self.client.hooks.on_undeclared_parameters(self.client, message, listener.name,
+                                                          extra)
 
     def _handler_kwargs(self, listener: Listener, message: EventMessage) -> dict[str, Any]:
         kwargs = message.kwargs
@@ -497,6 +561,10 @@ class Worker:
         started = now()
         error: BaseException | None = None
         try:
+            declared = self._declared_parameters(listener, message.api_name,
+                                                 message.event_name)
+            if declared is not None and not declared.issuperset(message.kwargs):
+                await self._undeclared(listener, message, declared)
             await client.hooks.before_event_handling(client, message, listener.name)
             kwargs = self._handler_kwargs(listener, message)
             await client.call_user_code(listener.handler, listener.is_async, message, **kwargs)

@@ -275,6 +275,7 @@ async def test_disabled_it_records_nothing(make_bus: Callable[..., Bus]) -> None
 
 def test_counts_from_many_threads_add_up(broker_name: str) -> None:
     bus = bus_core.create(with_metrics(memory_config(broker_name)), service_name="threads")
+    bus.client.register_api(ShopApi())  # declared names keep their labels
     try:
         metrics = metrics_for(bus.client)
 

@@ -55,6 +55,10 @@ HANDLED_COUNT, HANDLED_ERRORS, HANDLED_SUM, HANDLED_BUCKETS = 0, 1, 2, 3
 CALLED_COUNT, CALLED_ERRORS, CALLED_TIMEOUTS, CALLED_SUM, CALLED_BUCKETS = 0, 1, 2, 3, 4
 EXECUTED_COUNT, EXECUTED_ERRORS, EXECUTED_SUM, EXECUTED_BUCKETS = 0, 1, 2, 3
 FAILURE_ACTIONS = {"dead_letter": 0, "redeliver": 1}  # slot of each counted action
+UNKNOWN = "unknown"  # the label of every API, RPC or event name that is not declared
+# Undeclared names a caller's own code uses keep their labels up to this many keys (a caller
+# of a remote API whose schema it does not know); names from the wire never do.
+CALLER_NAME_ALLOWANCE = 200
 
 
 class _Slots(threading.local):
@@ -68,8 +72,10 @@ class _Slots(threading.local):
         self.called: dict[tuple[str, str], list[Any]] = {}
         self.executed: dict[tuple[str, str], list[Any]] = {}
         self.dead: dict[tuple[str, str, str], list[int]] = {}
+        self.undeclared: dict[tuple[str, str, str], list[int]] = {}
         with lock:
-            shards.append((self.fired, self.handled, self.called, self.executed, self.dead))
+            shards.append((self.fired, self.handled, self.called, self.executed, self.dead,
+                           self.undeclared))
 
 
 def _total(shards: Sequence[dict[Any, list[Any]]]) -> dict[Any, list[Any]]:
@@ -117,12 +123,41 @@ class BusMetrics:
         self._thread: threading.Thread | None = None
         self._lag_tasks: dict[Worker, asyncio.Task[None]] = {}
         self._lag_unsupported: set[str] = set()
+        self._caller_keys: set[tuple[str, str]] = set()
 
     # -- per message (sync, cheap) -------------------------------------------------------
 
+    def _declared(self, kind: str, key: tuple[str, ...]) -> tuple[str, ...]:
+        """`key` if its names are declared (a registered or described API and its RPC or
+        event, a listener's own event), else the same key with `unknown` for each name that
+        is not: label values must never come from whatever a peer sends."""
+        client = self._client()
+        if client is None:
+            return key
+        api_name, name = key[0], key[1]
+        if kind in ("handled", "dead", "undeclared", "lag"):
+            listener = client.listeners.get(key[2])
+            if listener is not None and listener.wants(api_name, name):
+                return key
+            return (UNKNOWN, UNKNOWN, key[2] if listener is not None else UNKNOWN)
+        definition = client.known_definition(api_name)
+        if definition is not None:
+            names = definition.rpcs if kind in ("called", "executed") else definition.events
+            return (api_name, name if name in names else UNKNOWN)
+        if kind == "called" and (key in self._caller_keys
+                                 or len(self._caller_keys) < CALLER_NAME_ALLOWANCE):
+            self._caller_keys.add(key)  # type: ignore[arg-type]
+            return key
+        return (UNKNOWN, UNKNOWN)
+
     def _new(self, table: dict[Any, list[Any]], kind: str, key: tuple[str, ...],
              size: int) -> list[Any]:
-        """First sight of `key` on this thread: its zeroed slots (and its labels, once)."""
+        """First sight of `key` on this thread: the slots of its declared form (zeroed if
+        new), and its labels, once."""
+        key = self._declared(kind, key)
+        found = table.get(key)
+        if found is not None:
+            return found
         if (kind, key) not in self._labels:
             transport = self.config.api(key[0]).transport(
                 "rpc" if kind in ("called", "executed") else "event")[0]
@@ -163,6 +198,14 @@ class BusMetrics:
         slots = table.get(key) or self._new(table, "dead", key, len(FAILURE_ACTIONS))
         slots[slot] += 1
 
+    def undeclared_parameters(self, api_name: str, event_name: str,
+                              listener_name: str) -> None:
+        """Count one event that carried parameters its API does not declare."""
+        table = self._slots.undeclared
+        key = (api_name, event_name, listener_name)
+        slots = table.get(key) or self._new(table, "undeclared", key, 1)
+        slots[0] += 1
+
     def rpc_called(self, api_name: str, procedure_name: str, error: BaseException | None,
                    duration: float) -> None:
         """Caller side: count one call and its outcome, observe its duration."""
@@ -199,6 +242,7 @@ class BusMetrics:
             shards = list(self._shards)
         fired, handled, called, executed, dead = (
             _total([shard[i] for shard in shards]) for i in range(5))
+        undeclared = _total([shard[5] for shard in shards])
         p, labels = self.prefix, self._labels
 
         def counter(name: str, doc: str, names: Sequence[str]) -> CounterMetricFamily:
@@ -258,9 +302,14 @@ class BusMetrics:
             seconds.add_metric((*names, "worker"), self._buckets(slots[EXECUTED_BUCKETS:]),
                                slots[EXECUTED_SUM])
             errors.add_metric((*names, "worker"), slots[EXECUTED_ERRORS])
+        undeclared_parameters = counter(
+            "undeclared_parameters", "Events received with parameters their API does not "
+            "declare (delivered without them)", LISTENER_LABELS)
+        for key, slots in sorted(undeclared.items()):
+            undeclared_parameters.add_metric(labels[("undeclared", key)], slots[0])
         yield from (events_fired, fire_errors, processed, handling, listener_errors,
                     dead_letters, redelivered, lag, rpcs_called, rpcs_processed, seconds,
-                    errors, timeouts)
+                    errors, timeouts, undeclared_parameters)
 
     def _buckets(self, counts: Sequence[int]) -> list[tuple[str, float]]:
         """Cumulative (le, count) pairs from per-bucket counts."""

@@ -121,6 +121,13 @@ def bus_on_handler_error(client: BusClient, message: RpcMessage | EventMessage,
 
 
 @hookimpl
+def bus_on_undeclared_parameters(client: BusClient, message: EventMessage, listener_name: str,
+                                 parameter_names: list[str]) -> None:
+    metrics_for(client).undeclared_parameters(message.api_name, message.event_name,
+                                              listener_name)
+
+
+@hookimpl
 def bus_after_rpc_call(client: BusClient, message: RpcMessage, result: Any,
                        error: BaseException | None, duration: float) -> None:
     (_by_client.get(id(client)) or metrics_for(client)).rpc_called(
