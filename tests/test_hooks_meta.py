@@ -1,4 +1,5 @@
-"""Every hook spec is typed, documented in docs/reference/hooks.md, and exercised by a test."""
+"""Every hook spec is typed and documented in docs/reference/hooks.md (that the kernel really
+calls each one, with its arguments, is tests/test_hooks_called.py)."""
 
 from __future__ import annotations
 
@@ -37,11 +38,3 @@ def test_hook_is_documented_in_the_reference(name: str):
     text = (ROOT / "docs" / "reference" / "hooks.md").read_text()
     assert re.search(rf"^### `?{name}`?\s*$", text, re.MULTILINE), (
         f"docs/reference/hooks.md has no '### {name}' section")
-
-
-@pytest.mark.parametrize("name", SPECS)
-def test_hook_is_implemented_by_some_test(name: str):
-    sources = [p.read_text() for p in (ROOT / "tests").rglob("*.py")]
-    pattern = re.compile(rf"def {name}\(")
-    assert any(pattern.search(source) for source in sources), (
-        f"no test implements {name}; add one that asserts what it receives")
