@@ -26,6 +26,7 @@ from bus_core.client import Bus
 from bus_core.config import config_schema, load_config
 from bus_core.errors import BusError
 from bus_core.plugins import PluginInfo, PluginManager
+from bus_core.redaction import redact_url
 
 _SKIP_DIRS = {".git", ".hg", ".venv", "venv", "env", "node_modules", "__pycache__",
               "site-packages", "build", "dist", ".tox", ".nox", ".mypy_cache", ".pytest_cache"}
@@ -222,7 +223,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     manager.apply_config(config.plugins, config.selected_transports(), config.bus["serializer"])
     service = config.bus["service_name"] if config.document.get("bus", {}).get(
         "service_name") else "derived from the bus module's folder"
-    print(f"{location}: valid (service {service!r}, "
+    print(f"{redact_url(location)}: valid (service {service!r}, "
           f"{len(config.api_names)} API section(s), "
           f"plugins enabled: {', '.join(sorted(manager.enabled)) or 'none'})")
     return 0

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 import socket
-import urllib.parse
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ import jsonschema
 import yaml
 
 from bus_core.errors import ConfigError
+from bus_core.redaction import redact_text, redact_url
 
 if TYPE_CHECKING:
     from bus_core.plugins import PluginManager
@@ -194,40 +195,119 @@ def config_schema(plugins: PluginManager | None = None) -> dict[str, Any]:
 # -- reading ------------------------------------------------------------------------------
 
 
+# Bounds on what a config document may cost, wherever it comes from: a config is a few KB.
+MAX_CONFIG_BYTES = 1024 * 1024  # the text read from a file or URL
+MAX_CONFIG_NODES = 100_000  # values (mappings, lists, scalars) once YAML aliases are expanded
+MAX_CONFIG_DEPTH = 32  # mappings/lists inside each other
+_INT64 = 2**63
+
+
 def read_text_file(location: str) -> str:
+    """The `file` config source: a plain path or a `file://` URL, read as UTF-8 text (at
+    most MAX_CONFIG_BYTES, so `/dev/zero` is an error rather than a hang)."""
     path = Path(location[7:] if location.startswith("file://") else location).expanduser()
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    return decode_document(data, str(path))
+
+
+def decode_document(data: bytes, origin: str) -> str:
+    """`data` as text: refused past MAX_CONFIG_BYTES, and when it is not UTF-8 (naming the
+    line and column of the first bad byte, where an editor can find it)."""
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {origin} is larger than {MAX_CONFIG_BYTES // 1024} KiB; "
+                          "a config is a few KB: is this the right file?")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        offset = exc.start
+        line = data.count(b"\n", 0, offset) + 1
+        column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+        raise ConfigError(f"config {origin} is not valid UTF-8 text: line {line}, column "
+                          f"{column} (byte {offset}: {exc.reason}); save it as UTF-8") from None
 
 
 def read_document(location: str, plugins: PluginManager) -> dict[str, Any]:
-    """Read the config document at `location` with the config source for its scheme."""
-    scheme = urllib.parse.urlsplit(location).scheme.lower()
+    """Read the config document at `location` with the config source for its scheme.
+    Messages show `location` with its credentials masked."""
+    shown = redact_url(location)
+    found = _SCHEME.match(location)
+    scheme = found.group(1).lower() if found else ""
     if len(scheme) <= 1:  # no scheme, or a Windows drive letter
         scheme = "file"
     loader = plugins.config_source(scheme)
     if loader is None:
         known = ", ".join(sorted(plugins.config_sources)) or "none"
         raise ConfigError(
-            f"cannot read config from {location!r}: no config source handles {scheme!r} "
+            f"cannot read config from {shown!r}: no config source handles {scheme!r} "
             f"(available: {known})"
         )
-    loaded = loader(location)
+    try:
+        loaded = loader(location)
+    except ConfigError as exc:  # a plugin's source may quote the location as it is
+        raise ConfigError(redact_text(str(exc))) from None
+    except Exception as exc:
+        raise ConfigError(f"cannot read config from {shown}: the {scheme!r} config source "
+                          f"failed: {type(exc).__name__}: {redact_text(str(exc))}") from None
     if isinstance(loaded, Mapping):
         return dict(loaded)
-    return parse_document(loaded, location)
+    return parse_document(loaded, shown)
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML forbids it;
+    PyYAML would silently keep the last one). Keys merged in with `<<` may be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) \
+                        or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                first = seen.setdefault(key, key_node)
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None,
+                        f"key {key!r} is given twice in one mapping (line "
+                        f"{first.start_mark.line + 1} and line {key_node.start_mark.line + 1});"
+                        " keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_json_object(origin: str) -> Any:
+    def pairs_to_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        document: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in document:
+                raise ConfigError(f"config {origin} is not valid: key {key!r} is given twice "
+                                  "in one JSON object; keep one")
+            document[key] = value
+        return document
+    return pairs_to_dict
 
 
 def parse_document(text: str | bytes, origin: str) -> dict[str, Any]:
+    """The YAML (or, for a name ending in .json, JSON) `text` as a mapping; every way it can
+    be wrong is a ConfigError naming `origin` (and the line where the parser knows it)."""
     if isinstance(text, bytes):
-        text = text.decode("utf-8")
+        text = decode_document(text, origin)
+    elif len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {origin} is larger than {MAX_CONFIG_BYTES // 1024} KiB; "
+                          "a config is a few KB: is this the right file?")
     try:
-        is_json = origin.lower().endswith(".json")
-        document = json.loads(text) if is_json else yaml.safe_load(text)
+        is_json = origin.lower().split("?", 1)[0].endswith(".json")
+        document = (json.loads(text, object_pairs_hook=_unique_json_object(origin)) if is_json
+                    else yaml.load(text, Loader=_ConfigLoader))  # a SafeLoader
     except json.JSONDecodeError as exc:
         raise ConfigError(f"config {origin} is not valid JSON: line {exc.lineno}, column "
                           f"{exc.colno}: {exc.msg}") from None
@@ -238,12 +318,71 @@ def parse_document(text: str | bytes, origin: str) -> dict[str, Any]:
         context = getattr(exc, "context", None)
         raise ConfigError(f"config {origin} is not valid YAML{where}: "
                           + (f"{context}, {problem}" if context else problem)) from None
+    except RecursionError:
+        raise ConfigError(f"config {origin} nests mappings/lists too deeply to read (at most "
+                          f"{MAX_CONFIG_DEPTH} levels are allowed)") from None
     if document is None:
         return {}
     if not isinstance(document, dict):
         raise ConfigError(f"config {origin} must be a mapping at the top, got "
                           f"{type(document).__name__}")
     return document
+
+
+def check_size(document: Any, origin: str) -> None:
+    """Refuse a document that would expand past MAX_CONFIG_NODES values or nest deeper than
+    MAX_CONFIG_DEPTH, before anything copies it: YAML aliases let a 3 KB file stand for
+    billions of values ("billion laughs"), and an alias may even refer to itself. Counts as
+    if expanded, but stops at the limit, so the check costs at most the limit."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            children: Any = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            continue
+        if depth >= MAX_CONFIG_DEPTH:
+            raise ConfigError(f"config {origin} nests mappings/lists more than "
+                              f"{MAX_CONFIG_DEPTH} levels deep (YAML aliases that refer to "
+                              "themselves?)")
+        count += len(children)
+        if count > MAX_CONFIG_NODES:
+            raise ConfigError(f"config {origin} expands to more than {MAX_CONFIG_NODES} values "
+                              "(YAML aliases repeating each other?); a config needs far fewer")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def check_values(document: Any, origin: str) -> None:
+    """Refuse what JSON Schema lets through but nothing can use, anywhere in the document
+    (so every plugin's options are covered too): NaN and infinite numbers (YAML `.nan`,
+    `.inf`, JSON `NaN`, `1e309`; JSON Schema's "number" accepts them), integers beyond 64
+    bits, and keys that are not strings."""
+    problems: list[str] = []
+    stack: list[tuple[Any, str]] = [(document, "")]
+    while stack and len(problems) < 10:
+        value, path = stack.pop()
+        where = path or "(top level)"
+        if isinstance(value, Mapping):
+            for key, child in reversed(list(value.items())):
+                if not isinstance(key, str):
+                    problems.append(f"{where}: key {key!r} is not a string (quote it: "
+                                    f"'{key}')")
+                    continue
+                stack.append((child, f"{path}.{key}" if path else key))
+        elif isinstance(value, list | tuple):
+            stack.extend((child, f"{path}[{i}]") for i, child in reversed(list(enumerate(value))))
+        elif isinstance(value, float) and not math.isfinite(value):
+            why = "is not a number" if math.isnan(value) else (
+                "is not a finite number (a number too large for a float, such as 1e309, is "
+                "read as inf)")
+            problems.append(f"{where}: {value} {why}; give a finite number such as 5")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT64:
+            problems.append(f"{where}: {value:.3g} is too large (integers must fit in 64 bits)")
+    if problems:
+        raise ConfigError(f"{origin} is invalid:\n  " + "\n  ".join(problems))
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -302,22 +441,51 @@ def _path_of(error: jsonschema.ValidationError) -> str:
     return "".join(parts) or "(top level)"
 
 
+# Checks JSON Schema cannot express, by "format" name (a transport's URL: its port range,
+# its database number...). Formats nobody registered are not checked (JSON Schema's rule).
+_FORMATS: dict[str, Callable[[str], str | None]] = {}
+
+
+def register_format(name: str, problem: Callable[[str], str | None]) -> None:
+    """Let an options schema say `{"type": "string", "format": name}`: `problem(value)`
+    returns what is wrong with a string value (None when it is fine), reported as
+    `<path>: <problem>` by create() and `bus config check`. Plugins register their formats
+    when imported (the Redis plugin's `bus-redis-url`), so the kernel stays free of them."""
+    _FORMATS[name] = problem
+
+
+def _format_checker() -> jsonschema.FormatChecker:
+    checker = jsonschema.FormatChecker(formats=())
+    for name, problem in _FORMATS.items():
+        def check(value: Any, problem: Callable[[str], str | None] = problem) -> bool:
+            found = problem(value) if isinstance(value, str) else None
+            if found:
+                raise ValueError(found)
+            return True
+        checker.checks(name, raises=ValueError)(check)
+    return checker
+
+
 def validate_document(document: Mapping[str, Any], schema: Mapping[str, Any],
                       origin: str = "config") -> None:
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(schema, format_checker=_format_checker())
     errors = sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.path)))
     if not errors:
         return
     lines = []
     for error in errors[:10]:
         best = jsonschema.exceptions.best_match([error])
-        line = f"{_path_of(best)}: {best.message}"
+        message = best.message
+        if best.validator == "format" and best.cause is not None:
+            message = str(best.cause)  # the check's own words, not "... is not a 'format'"
+        line = f"{_path_of(best)}: {message}"
         hint = best.schema.get("x-hint") if isinstance(best.schema, dict) else None
         if hint:
             line += f" ({hint})"
         lines.append(line)
     more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
-    raise ConfigError(f"{origin} is invalid:\n  " + "\n  ".join(lines) + more)
+    # Messages quote the bad value: a URL in it loses its password.
+    raise ConfigError(redact_text(f"{origin} is invalid:\n  " + "\n  ".join(lines) + more))
 
 
 # -- the result ---------------------------------------------------------------------------
@@ -447,9 +615,13 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None,
     elif isinstance(source, Mapping):
         document, origin = dict(source), "config"
     else:
-        origin = os.fspath(source)
-        document = read_document(origin, plugins)
-    document = _accept_lightbus_settings(substitute_env(document, environ), origin)
+        location = os.fspath(source)
+        origin = redact_url(location)  # what messages show
+        document = read_document(location, plugins)
+    check_size(document, origin)
+    document = substitute_env(document, environ)
+    check_values(document, origin)
+    document = _accept_lightbus_settings(document, origin)
     schema = config_schema(plugins)
     validate_document(document, schema, origin)
     _apply_plugin_defaults(document, schema)
