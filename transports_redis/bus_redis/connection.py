@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
+import os
 import urllib.parse
 import weakref
 from collections.abc import Awaitable, Callable
@@ -18,7 +20,8 @@ from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bus_core.errors import TransportError, TransportUnavailable
+from bus_core.errors import ConfigError, TransportError, TransportUnavailable
+from bus_core.redaction import redact_url as redact
 
 T = TypeVar("T")
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -28,18 +31,151 @@ _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...
 )
 
 
-def redact(url: str) -> str:
-    """`url` with its password (in the user part or a `password=` query) replaced by ***:
-    what logs and errors may show."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
-    if "password" in parts.query.lower():
-        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        parts = parts._replace(query="&".join(
-            f"{k}=***" if k.lower() == "password" else f"{k}={v}" for k, v in query))
-    return urllib.parse.urlunsplit(parts)
+# -- URLs ---------------------------------------------------------------------------------
+#
+# Checked when the config is loaded (`bus config check`, create()) and again when a pool is
+# made, so a URL redis-py would misread (`/abc` silently meaning db 0) or refuse only at the
+# first command (TypeError, ValueError) is a clear error naming the setting instead.
+
+DATABASES_ENV = "BUS_REDIS_DATABASES"  # how many databases the servers have (default 16)
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _seconds(text: str) -> str | None:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        return f"{text!r} is not a positive number of seconds"
+    return None
+
+
+def _whole_seconds(text: str) -> str | None:
+    if not text.isdigit():
+        return f"{text!r} is not a whole number of seconds"
+    return None
+
+
+def _boolean(text: str) -> str | None:
+    if text.lower() not in _TRUE + _FALSE:
+        return f"{text!r} is not true or false"
+    return None
+
+
+def _database(text: str) -> str | None:
+    limit = os.environ.get(DATABASES_ENV, "")
+    databases = int(limit) if limit.isdigit() and int(limit) > 0 else 16
+    if not text.isdigit():
+        return f"{text!r} is not a database number (0 to {databases - 1})"
+    if int(text) >= databases:
+        return (f"database {int(text)} is out of range 0-{databases - 1} (redis-server has 16 "
+                f"unless its `databases` setting says more; then set {DATABASES_ENV})")
+    return None
+
+
+def _one_of(*choices: str) -> Callable[[str], str | None]:
+    def check(text: str) -> str | None:
+        return None if text in choices else f"{text!r} is not one of {', '.join(choices)}"
+    return check
+
+
+def _anything(text: str) -> str | None:
+    return None
+
+
+# Query options by scheme: what redis-py takes from a URL and Bus lets through, with checks.
+_OPTIONS: dict[str, Callable[[str], str | None]] = {
+    "db": _database, "username": _anything, "password": _anything, "client_name": _anything,
+    "socket_timeout": _seconds, "socket_connect_timeout": _seconds,
+    "health_check_interval": _whole_seconds,
+}
+_TCP_OPTIONS = {"socket_keepalive": _boolean}
+_TLS_OPTIONS = {
+    "ssl_cert_reqs": _one_of("none", "optional", "required"),
+    "ssl_check_hostname": _boolean,
+    "ssl_ca_certs": _anything, "ssl_certfile": _anything, "ssl_keyfile": _anything,
+}
+URL_OPTIONS = {
+    "redis": {**_OPTIONS, **_TCP_OPTIONS},
+    "rediss": {**_OPTIONS, **_TCP_OPTIONS, **_TLS_OPTIONS},
+    "unix": dict(_OPTIONS),
+}
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with a Redis URL (None when nothing): the scheme, a malformed or
+    missing host, a port outside 1-65535, a path that is not a database number, an unknown
+    or malformed query option. The answer never quotes the password."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in URL_OPTIONS:
+        return "use redis://, rediss:// (TLS) or unix:// (a socket file)"
+    if "#" in rest:
+        return "a Redis URL has no #fragment"
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "malformed host: '[' without its ']' (IPv6 addresses are written [::1])"
+    host = parts.netloc.rsplit("@", 1)[-1]
+    if scheme == "unix":
+        if host:
+            return "write unix:///path/to/redis.sock (three slashes: no host)"
+        if not parts.path.startswith("/") or parts.path.endswith("/"):
+            return "name the socket file by its absolute path: unix:///path/to/redis.sock"
+        database = None
+    else:
+        problem = _host_problem(host)
+        if problem:
+            return problem
+        database = parts.path[1:] if parts.path not in ("", "/") else None
+        if database is not None and not database.isdigit():
+            return f"the path /{database} is not a database number (write /0 for database 0)"
+    options = URL_OPTIONS[scheme]
+    seen: set[str] = set()
+    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if name not in options:
+            return (f"unknown option {name!r} for {scheme}:// (known: "
+                    f"{', '.join(sorted(options))})")
+        problem = options[name](value)
+        if problem:
+            return f"option {name}: {problem}"
+        if name in seen or (name == "db" and database is not None):
+            return f"option {name!r} is given twice (or as both the path and ?db=)"
+        seen.add(name)
+    if database is not None:
+        problem = _database(database)
+        if problem:
+            return problem
+    return None
+
+
+def _host_problem(host: str) -> str | None:
+    if host.startswith("["):
+        name, _, port = host[1:].partition("]")
+        if port and not port.startswith(":"):
+            return f"malformed host [{name}]{port}"
+        port = port[1:]
+    else:
+        if "[" in host or "]" in host:
+            return "malformed host: brackets go around an IPv6 address only ([::1])"
+        name, _, port = host.partition(":")
+    if not name:
+        return "no host: write redis://HOST:PORT/DB, e.g. redis://127.0.0.1:6379/0"
+    if port or host.endswith(":"):
+        if not port.isdigit():
+            return f"port {port!r} is not a number"
+        if not 1 <= int(port) <= 65535:
+            return f"port {int(port)} is out of range 1-65535"
+    return None
+
+
+def check_url(url: str) -> None:
+    """Raise ConfigError when `url` is not a usable Redis URL (password masked)."""
+    problem = url_problem(url)
+    if problem:
+        raise ConfigError(f"Redis URL {redact(url)}: {problem}")
 
 
 class RetryUnlessRefused(Retry):
@@ -65,17 +201,22 @@ class SharedClient:
     """A redis-py client and its pool, counted by the transports using it."""
 
     def __init__(self, url: str, max_connections: int, socket_timeout: float | None) -> None:
+        check_url(url)
         self.url = url
+        options: dict[str, Any] = {}
+        if not url.lower().startswith("unix://"):
+            # TCP only: redis-py's unix socket connection refuses it (a TypeError per command).
+            options["socket_keepalive"] = True
         self.pool = redis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
             timeout=None,
             socket_connect_timeout=2,
             socket_timeout=socket_timeout,
-            socket_keepalive=True,
             health_check_interval=30,
             retry=_RETRY(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            **options,
         )
         self.client = redis.Redis(connection_pool=self.pool)
         self.users = 0
