@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import re
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -430,11 +431,13 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _positive(text: str) -> float:
+    """A --timeout: a positive, finite number of seconds (`nan`, `inf` and `1e309` parse as
+    floats but no timer can use them)."""
     try:
         value = float(text)
     except ValueError:
-        value = 0
-    if value <= 0:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
     return value
 

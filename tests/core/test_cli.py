@@ -300,3 +300,26 @@ def test_call_carries_on_when_a_found_bus_module_cannot_import(tmp_path):
     assert result.returncode == 1 and "is on the in-memory transport" in result.stderr
     named = bus("call", "nobody.ping", "-b", "bus", cwd=tmp_path)  # named: an error
     assert named.returncode == 1 and "carrying on" not in named.stderr
+
+
+def test_timeouts_must_be_finite_positive_numbers(tmp_path):
+    for value in ("nan", "inf", "-inf", "1e309", "0", "-1", "soon"):
+        for verb in ("call", "fire"):
+            result = bus(verb, "shop.price", f"--timeout={value}", cwd=tmp_path)
+            assert result.returncode == 2, (verb, value, result.stderr)
+            assert f"{value!r} is not a positive number of seconds" in result.stderr
+
+
+def test_a_broken_config_is_blamed_not_the_bus_module(tmp_path):
+    project = write_service(tmp_path / "svc")
+    for name, content in (("latin1.yaml", b"bus:\n  service_name: caf\xe9\n"),
+                          ("deep.yaml", b"[" * 5000 + b"]" * 5000),
+                          ("dup.yaml", b"bus: {}\nbus: {}\n"),
+                          ("nan.yaml", b"apis: {default: {rpc_timeout: .nan}}\n")):
+        (project / name).write_bytes(content)
+        result = bus("run", cwd=project, env={"BUS_CONFIG": name})
+        assert result.returncode == 1, result.stderr
+        assert f"bus: error: config {name}" in result.stderr or \
+            f"bus: error: {name} is invalid" in result.stderr, result.stderr
+        assert "importing bus module" not in result.stderr
+        assert "Traceback" not in result.stderr
