@@ -17,6 +17,13 @@ from bus_core.errors import MalformedMessage
 RPC_METADATA_KEYS = ("id", "api_name", "procedure_name", "return_path")
 EVENT_METADATA_KEYS = ("id", "api_name", "event_name", "version")
 
+# Names and ids read off the wire are bounded: they reach Redis key names, logs and metrics.
+MAX_NAME_LENGTH = 200
+MAX_ID_LENGTH = 200
+_NAME_CACHE_SIZE = 4096  # names seen valid; a hostile peer cannot grow it past this
+_valid_api_names: set[str] = set()
+_valid_member_names: set[str] = set()
+
 
 _VARIANT = "89ab89ab89ab89ab"  # the RFC 4122 variant nibble for each random nibble
 
@@ -75,10 +82,93 @@ class EventMessage:
         return f"{self.api_name}.{self.event_name}"
 
 
+def preview(value: Any, limit: int = 60) -> str:
+    """`repr(value)` cut to about `limit` characters: wire text quoted, escaped (no line
+    breaks, no control characters) and short, fit for a problem description or a log line."""
+    text = repr(value[:limit + 1] if isinstance(value, (str, bytes)) else value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def describe(exc: BaseException, limit: int = 200) -> str:
+    """One short line about `exc` (its type too, unless it is a TypeError or ValueError,
+    whose message says it all), escaped and cut to about `limit` characters: for problems
+    caused by wire input, whose exception text may be huge or hold line breaks."""
+    text = str(exc) if isinstance(exc, (TypeError, ValueError)) \
+        else f"{type(exc).__name__}: {exc}"
+    if len(text) <= limit and text.isprintable():
+        return text
+    return preview(text, limit)
+
+
+def valid_api_name(name: str) -> bool:
+    """True for a dotted name of ASCII identifiers (`auth`, `my_company.auth`), as Api
+    classes declare them; checked on every message received, so names once seen valid are
+    remembered (one set lookup)."""
+    if name in _valid_api_names:
+        return True
+    if not (0 < len(name) <= MAX_NAME_LENGTH and name.isascii()
+            and all(part.isidentifier() for part in name.split("."))):
+        return False
+    if len(_valid_api_names) < _NAME_CACHE_SIZE:
+        _valid_api_names.add(name)
+    return True
+
+
+def valid_member_name(name: str) -> bool:
+    """True for an RPC, event or parameter name: an ASCII identifier of bounded length."""
+    if name in _valid_member_names:
+        return True
+    if not (0 < len(name) <= MAX_NAME_LENGTH and name.isascii() and name.isidentifier()):
+        return False
+    if len(_valid_member_names) < _NAME_CACHE_SIZE:
+        _valid_member_names.add(name)
+    return True
+
+
+def valid_message_id(value: str) -> bool:
+    """True for a message id Bus accepts from the wire: opaque, non-empty, at most
+    MAX_ID_LENGTH characters, none of them a control (or other unprintable) character."""
+    return 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()
+
+
+def names_problem(message_id: str, api_name: str, member_key: str, member: str) -> str | None:
+    """Why the id and names of a received message cannot be used, or None when they can.
+    The one check of names from the wire (RPC, event and Redis event decoding use it)."""
+    if not valid_message_id(message_id):
+        return f"id {preview(message_id)} is not a valid message id"
+    if not valid_api_name(api_name):
+        return f"api_name {preview(api_name)} is not a valid API name"
+    if not valid_member_name(member):
+        return f"{member_key} {preview(member)} is not a valid name"
+    return None
+
+
+def result_key(api_name: str, procedure_name: str, message_id: str) -> str:
+    """The per-call result key of a call, as Lightbus callers name it: the part of the
+    return path after the transport's scheme (`redis+key://`, `memory://`)."""
+    return f"{api_name}.{procedure_name}:result:{message_id}"
+
+
+def result_key_problem(key: str, message_id: str | None = None) -> str | None:
+    """Why `key` is not a per-call result key `<api>.<rpc>:result:<id>` (of the call with
+    `message_id`, when given), or None when it is one."""
+    head, separator, key_id = key.partition(":result:")
+    api_name, dot, procedure_name = head.rpartition(".")
+    if not separator or not dot:
+        return "not of the form <api>.<rpc>:result:<id>"
+    if not (valid_api_name(api_name) and valid_member_name(procedure_name)
+            and valid_message_id(key_id)):
+        return "names or id in it are not valid"
+    if message_id is not None and key_id != message_id:
+        return "it is the result key of another call"
+    return None
+
+
 def _require_str(metadata: dict[str, Any], key: str, kind: str) -> str:
     value = metadata.get(key)
     if not isinstance(value, str) or not value:
-        raise MalformedMessage(f"{kind} message has no valid {key!r} in its metadata: {value!r}")
+        raise MalformedMessage(
+            f"{kind} message has no valid {key!r} in its metadata: {preview(value)}")
     return value
 
 
@@ -106,14 +196,21 @@ def rpc_to_blob(message: RpcMessage) -> dict[str, Any]:
 
 
 def rpc_from_blob(blob: Any) -> RpcMessage:
+    """A received call; MalformedMessage if a field is missing, or its id or names are not
+    valid (the return path is the result transport's to judge)."""
     metadata, kwargs = _split_blob(blob, "RPC")
-    return RpcMessage(
+    message = RpcMessage(
         id=_require_str(metadata, "id", "RPC"),
         api_name=_require_str(metadata, "api_name", "RPC"),
         procedure_name=_require_str(metadata, "procedure_name", "RPC"),
         return_path=_require_str(metadata, "return_path", "RPC"),
         kwargs=kwargs,
     )
+    problem = names_problem(message.id, message.api_name, "procedure_name",
+                            message.procedure_name)
+    if problem is not None:
+        raise MalformedMessage(f"RPC message: {problem}")
+    return message
 
 
 def result_to_blob(message: ResultMessage) -> dict[str, Any]:
@@ -130,13 +227,17 @@ def result_to_blob(message: ResultMessage) -> dict[str, Any]:
 def result_from_blob(blob: Any) -> ResultMessage:
     metadata, kwargs = _split_blob(blob, "Result")
     trace = metadata.get("trace")
-    return ResultMessage(
+    message = ResultMessage(
         id=_require_str(metadata, "id", "Result"),
         rpc_message_id=_require_str(metadata, "rpc_message_id", "Result"),
         error=bool(metadata.get("error", False)),
         trace=trace if isinstance(trace, str) else None,
         result=kwargs.get("result"),
     )
+    if not (valid_message_id(message.id) and valid_message_id(message.rpc_message_id)):
+        raise MalformedMessage(f"Result message has an invalid id: {preview(message.id)}, "
+                               f"{preview(message.rpc_message_id)}")
+    return message
 
 
 def event_to_blob(message: EventMessage) -> dict[str, Any]:
@@ -152,17 +253,23 @@ def event_to_blob(message: EventMessage) -> dict[str, Any]:
 
 
 def event_from_blob(blob: Any) -> EventMessage:
+    """A received event; MalformedMessage if a field is missing, the version is not an
+    integer, or its id or names are not valid."""
     metadata, kwargs = _split_blob(blob, "Event")
     try:
         version = int(metadata.get("version", 1))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON 1e999
         raise MalformedMessage(
-            f"Event message has a non-integer version: {metadata.get('version')!r}"
+            f"Event message has a non-integer version: {preview(metadata.get('version'))}"
         ) from None
-    return EventMessage(
+    message = EventMessage(
         id=_require_str(metadata, "id", "Event"),
         api_name=_require_str(metadata, "api_name", "Event"),
         event_name=_require_str(metadata, "event_name", "Event"),
         version=version,
         kwargs=kwargs,
     )
+    problem = names_problem(message.id, message.api_name, "event_name", message.event_name)
+    if problem is not None:
+        raise MalformedMessage(f"Event message: {problem}")
+    return message

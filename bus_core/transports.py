@@ -7,18 +7,34 @@ before their first use, and closed with the client.
 
 Transports move bytes made by the configured serializer; the kernel owns what the bytes mean
 (`bus_core.messages`) and what to do with a message that fails (`bus_core.worker`).
+
+Whatever arrives, one entry, call or reply that cannot be decoded affects only itself: the
+decoding helpers here never raise, they describe the problem instead.
+
+A result transport declares the return paths it writes to with `return_path_scheme` and
+`check_return_path`; calls whose return path no loaded result transport accepts are refused
+when they are received (`decode_call`), before they run, and never answered.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from bus_core.errors import BusError, MalformedMessage
-from bus_core.messages import EventMessage, ResultMessage, RpcMessage, rpc_from_blob
+from bus_core.messages import (
+    EventMessage,
+    ResultMessage,
+    RpcMessage,
+    describe,
+    preview,
+    rpc_from_blob,
+    valid_message_id,
+)
 
 
 class Serializer(Protocol):
@@ -56,22 +72,72 @@ class MalformedRpc:
     id: str | None = None
 
 
+# A result transport's check of a return path: (the path after its scheme, the call) ->
+# why it refuses it, or None. Registered by scheme when its class is defined.
+ReturnPathCheck = Callable[[str, "RpcMessage | MalformedRpc"], "str | None"]
+_return_path_checks: dict[str, ReturnPathCheck] = {}
+
+
+def return_path_problem(path: str, call: RpcMessage | MalformedRpc) -> str | None:
+    """Why no loaded result transport would answer `call` on `path`, or None if one would.
+    A result transport reads only return paths of the forms its callers write."""
+    for scheme, check in _return_path_checks.items():
+        if path.startswith(scheme):
+            problem = check(path[len(scheme):], call)
+            return None if problem is None else f"return path {preview(path)}: {problem}"
+    return f"return path {preview(path)} is not one any result transport here writes"
+
+
 def decode_call(serializer: Serializer, data: bytes | str) -> RpcMessage | MalformedRpc:
-    """A received call blob as a message, or as a MalformedRpc that keeps whatever return
-    path and id could be read (so the worker can still answer the caller)."""
+    """A received call blob as a message, or as a MalformedRpc that keeps whatever valid
+    return path and id could be read (so the worker can still answer the caller). Never
+    raises: whatever goes wrong decoding one call concerns that call alone. A call whose
+    return path no result transport accepts is a MalformedRpc without a return path: it is
+    neither run nor answered."""
     try:
         blob = serializer.loads(data)
-    except BusError as exc:
-        return MalformedRpc(problem=str(exc), raw=data)
+    except Exception as exc:
+        return MalformedRpc(problem=describe(exc), raw=data)
     try:
-        return rpc_from_blob(blob)
-    except MalformedMessage as exc:
+        message = rpc_from_blob(blob)
+    except Exception as exc:
         metadata = blob.get("metadata") if isinstance(blob, dict) else None
         metadata = metadata if isinstance(metadata, dict) else {}
         path, message_id = metadata.get("return_path"), metadata.get("id")
-        return MalformedRpc(problem=str(exc), raw=data,
-                            return_path=path if isinstance(path, str) and path else None,
-                            id=message_id if isinstance(message_id, str) else None)
+        malformed = MalformedRpc(
+            problem=describe(exc), raw=data,
+            id=message_id if isinstance(message_id, str) and valid_message_id(message_id)
+            else None)
+        if isinstance(path, str) and path and return_path_problem(path, malformed) is None:
+            malformed.return_path = path
+        return malformed
+    problem = return_path_problem(message.return_path, message)
+    if problem is not None:
+        return MalformedRpc(problem=f"refused: {problem}", raw=data, id=message.id)
+    return message
+
+
+class LogLimiter:
+    """At most one log line per `interval` seconds for trouble that outside input can repeat
+    at will (garbage on a reply list, a flood of results nobody waits for); the next line
+    says how many were left out."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.left_out = 0
+        self._next = 0.0
+
+    def warning(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self.left_out += 1
+            return
+        self._next = now + self.interval
+        if self.left_out:
+            message += f" (and {self.left_out} more like it since the last such line)"
+            self.left_out = 0
+        self.logger.warning(message, *args)
 
 
 class RpcConsumer(abc.ABC):
@@ -110,7 +176,25 @@ class RpcTransport(Transport):
 
 
 class ResultTransport(Transport):
-    """Carries each RPC's result back to its caller."""
+    """Carries each RPC's result back to its caller.
+
+    A subclass sets `return_path_scheme` (e.g. "redis+key://") and overrides
+    `check_return_path` to say which of those paths it answers: calls with any other return
+    path are refused on receipt (see `decode_call`)."""
+
+    return_path_scheme: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        scheme = cls.__dict__.get("return_path_scheme")
+        if scheme:
+            _return_path_checks[scheme] = cls.check_return_path
+
+    @classmethod
+    def check_return_path(cls, key: str, call: RpcMessage | MalformedRpc) -> str | None:
+        """Why a result for `call` must not be sent to `key` (its return path without the
+        scheme), or None if it may. Called for every call received: keep it cheap."""
+        return None
 
     @abc.abstractmethod
     def get_return_path(self, message: RpcMessage) -> str:

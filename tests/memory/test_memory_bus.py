@@ -293,7 +293,8 @@ async def test_malformed_calls_never_crash_the_worker(make_bus: Callable[..., Bu
     serializer = caller.client.serializer
     results = MemoryResultTransport(broker=broker_name, serializer=serializer,
                                     service_name="caller", process_name="p")
-    stub = RpcMessage(api_name="auth", procedure_name="?", kwargs={}, id="bad-call-1")
+    stub = RpcMessage(api_name="auth", procedure_name="check_password", kwargs={},
+                      id="bad-call-1")
     return_path = results.get_return_path(stub)
     async with serving(server):
         broker.push_call("auth", b"\x00\xffgarbage", time.monotonic() + 10)

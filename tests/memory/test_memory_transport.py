@@ -444,12 +444,13 @@ async def test_undecodable_call_bytes_become_a_malformed_rpc(broker_name: str) -
 
 async def test_a_call_missing_metadata_keeps_its_return_path(broker_name: str) -> None:
     transport = rpcs(broker_name)
-    blob = {"metadata": {"id": "abc", "api_name": API, "return_path": "memory://x"},
-            "kwargs": {}}
+    # A return path of the form callers write: the per-call key of this call's id.
+    path = f"memory://{API}.check:result:abc"
+    blob = {"metadata": {"id": "abc", "api_name": API, "return_path": path}, "kwargs": {}}
     transport.broker.push_call(API, transport.serializer.dumps(blob), time.monotonic() + 5)
     (item,) = await asyncio.wait_for((await transport.open_consumer([API])).receive(BATCH), WAIT)
     assert isinstance(item, MalformedRpc)
-    assert (item.return_path, item.id) == ("memory://x", "abc")
+    assert (item.return_path, item.id) == (path, "abc")
     assert "procedure_name" in item.problem
 
 

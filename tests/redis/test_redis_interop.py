@@ -154,20 +154,24 @@ def test_a_bus_worker_error_reaches_a_lightbus_caller_as_lightbus_writes_it(auth
         assert expected in blob["kwargs"]["result"], blob["kwargs"]["result"]
 
 
-def test_a_bus_worker_answers_any_return_key_and_ignores_calls_without_expiry_key(
+def test_a_bus_worker_answers_lightbus_return_keys_only_and_ignores_calls_without_expiry_key(
         auth_worker, raw):
     caller = LightbusCaller(raw)
     _, ignored_key = caller.send("auth", "check_password",
                                  {"password": "secret", "username": "admin"}, expiry=False)
+    # A return key of neither form callers write (Lightbus's own {api}.{rpc}:result:{id},
+    # Bus's bus:reply:...): refused, never written to.
+    caller.send("auth", "check_password", {"password": "nope", "username": "admin"},
+                return_key="my_custom_reply_key")
     call_id, key = caller.send("auth", "check_password",
-                               {"password": "nope", "username": "admin"},
-                               return_key="my_custom_reply_key")
-    data, _ = caller.result("my_custom_reply_key")
+                               {"password": "nope", "username": "admin"})
+    data, _ = caller.result(key)
     assert json.loads(data)["metadata"]["rpc_message_id"] == call_id
     assert json.loads(data)["kwargs"] == {"result": False}
-    # Queued before the answered call, so already taken and dropped: never answered.
+    # Queued before the answered call, so already taken: never answered.
     assert raw.llen("auth:rpc_queue") == 0
     assert not raw.exists(ignored_key)
+    assert not raw.exists("my_custom_reply_key")
 
     # Liberal in what it accepts: metadata keys a Lightbus worker would choke on are fine.
     call_id, key = caller.send("auth", "check_password",

@@ -336,10 +336,12 @@ def test_malformed_rpc_calls_never_stop_the_worker(make_redis_bus, raw, caplog):
 
     raw.rpush("auth:rpc_queue", b"{this is not json")
     raw.rpush("auth:rpc_queue", b'["a", "list"]')
-    # Readable return path and id, but no api_name or procedure_name: the caller is told.
+    # Readable return path (this call's own result key) and id, but no api_name or
+    # procedure_name: the caller is told.
     raw.set("rpc_expiry_key:hand-1", 1, ex=5)
     raw.rpush("auth:rpc_queue", json.dumps(
-        {"metadata": {"id": "hand-1", "return_path": "redis+key://hand:reply"},
+        {"metadata": {"id": "hand-1",
+                      "return_path": "redis+key://auth.check_password:result:hand-1"},
          "kwargs": {"username": "admin"}}))
     # A return path that is not redis+key://: nothing to answer on, the worker lives.
     raw.set("rpc_expiry_key:hand-2", 1, ex=5)
@@ -353,7 +355,7 @@ def test_malformed_rpc_calls_never_stop_the_worker(make_redis_bus, raw, caplog):
         {"metadata": {"id": "hand-3", "return_path": "redis+key://gone:reply"},
          "kwargs": {}}))
 
-    popped = raw.blpop(["hand:reply"], timeout=WAIT)
+    popped = raw.blpop(["auth.check_password:result:hand-1"], timeout=WAIT)
     assert popped is not None, "the malformed call with a return path got no answer"
     result = json.loads(popped[1])
     assert set(result["metadata"]) == {"id", "rpc_message_id", "error", "trace"}

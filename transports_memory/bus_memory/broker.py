@@ -153,7 +153,9 @@ class MemoryBroker:
         self.lock = threading.RLock()
         self.rpc_queues: dict[str, deque[tuple[bytes, float]]] = {}
         self.rpc_waiters = _Waiters()
-        self.results: dict[str, tuple[bytes, float]] = {}
+        self.results: dict[str, tuple[bytes, float]] = {}  # oldest first
+        self._result_bytes = 0
+        self.dropped_results = 0  # results not taken, dropped to stay within the bounds
         self.result_waiters: dict[str, _Waiters] = {}
         self.streams: dict[str, Stream] = {}
         self.dead_letters: list[DeadLetter] = []
@@ -191,17 +193,34 @@ class MemoryBroker:
 
     # -- results ------------------------------------------------------------------------
 
-    def put_result(self, key: str, data: bytes, ttl: float) -> None:
+    def put_result(self, key: str, data: bytes, ttl: float, max_count: int = 10_000,
+                   max_bytes: int = 16 * 2 ** 20) -> int:
+        """Keep a result for `ttl` seconds under `key`; results not taken are kept within
+        `max_count` and `max_bytes`, oldest dropped first. Returns how many were dropped."""
+        dropped = 0
         with self.lock:
             self._expire_results()
+            previous = self.results.pop(key, None)
+            if previous is not None:
+                self._result_bytes -= len(previous[0])
             self.results[key] = (data, time.monotonic() + ttl)
+            self._result_bytes += len(data)
+            while self.results and (len(self.results) > max_count
+                                    or self._result_bytes > max_bytes):
+                oldest = next(iter(self.results))
+                self._result_bytes -= len(self.results.pop(oldest)[0])
+                dropped += 1
+            self.dropped_results += dropped
             waiters = self.result_waiters.pop(key, None)
         if waiters:
             waiters.wake_all()
+        return dropped
 
     def take_result(self, key: str) -> bytes | None:
         with self.lock:
             found = self.results.pop(key, None)
+            if found is not None:
+                self._result_bytes -= len(found[0])
             if found is None or found[1] < time.monotonic():
                 return None  # never sent, or expired
             return found[0]
@@ -219,9 +238,16 @@ class MemoryBroker:
                     del self.result_waiters[key]
 
     def _expire_results(self) -> None:
+        """Forget expired results from the oldest on (cheap: stops at the first live one;
+        results of a longer TTL queued behind go when taken, or by the count bound)."""
         clock = time.monotonic()
-        for key in [k for k, (_, expires) in self.results.items() if expires < clock]:
-            del self.results[key]
+        while self.results:
+            oldest = next(iter(self.results))
+            data, expires = self.results[oldest]
+            if expires >= clock:
+                return
+            del self.results[oldest]
+            self._result_bytes -= len(data)
 
     # -- streams ------------------------------------------------------------------------
 

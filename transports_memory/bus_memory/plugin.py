@@ -26,7 +26,9 @@ def _options(**properties: Any) -> dict[str, Any]:
 def bus_register_transports(register: Any) -> None:
     register("rpc", "memory", MemoryRpcTransport, _options(batch_size=_BATCH))
     register("result", "memory", MemoryResultTransport,
-             _options(result_ttl={"type": "number", "exclusiveMinimum": 0}))
+             _options(result_ttl={"type": "number", "exclusiveMinimum": 0},
+                      max_unclaimed_results={"type": "integer", "minimum": 1},
+                      max_unclaimed_bytes={"type": "integer", "minimum": 1024}))
     register("event", "memory", MemoryEventTransport,
              _options(batch_size=_BATCH,
                       max_stream_length={"type": ["integer", "null"], "minimum": 1}))

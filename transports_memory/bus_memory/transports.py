@@ -4,6 +4,7 @@ as a network transport would, so what works here works on the wire."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timezone
@@ -14,9 +15,13 @@ from bus_core.messages import (
     EventMessage,
     ResultMessage,
     RpcMessage,
+    describe,
     event_from_blob,
     event_to_blob,
+    preview,
     result_from_blob,
+    result_key,
+    result_key_problem,
     result_to_blob,
     rpc_to_blob,
 )
@@ -25,6 +30,7 @@ from bus_core.transports import (
     EventConsumer,
     EventDelivery,
     EventTransport,
+    LogLimiter,
     MalformedRpc,
     ResultTransport,
     RpcConsumer,
@@ -35,6 +41,7 @@ from bus_core.transports import (
 from bus_memory.broker import ConsumerGroup, MemoryBroker, Stream, get_broker
 
 RETURN_PATH_PREFIX = "memory://"
+logger = logging.getLogger("bus.memory")
 
 
 class _MemoryTransport:
@@ -92,28 +99,58 @@ class MemoryRpcConsumer(RpcConsumer):
 
 
 class MemoryResultTransport(_MemoryTransport, ResultTransport):
-    """Results wait under their return path for `result_ttl` seconds."""
+    """Results wait under their return path for `result_ttl` seconds; results nobody takes
+    are kept within `max_unclaimed_results` and `max_unclaimed_bytes` (per broker), the
+    oldest dropped first and counted in `dropped_results`."""
+
+    return_path_scheme = RETURN_PATH_PREFIX
 
     def __init__(self, *, broker: str = "default", result_ttl: float = 60.0,
+                 max_unclaimed_results: int = 10_000, max_unclaimed_bytes: int = 16 * 2 ** 20,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._use_broker({"broker": broker})
         self.result_ttl = result_ttl
+        self.max_unclaimed_results = max_unclaimed_results
+        self.max_unclaimed_bytes = max_unclaimed_bytes
+        self.dropped_results = 0
+        self._drops = LogLimiter(logger)
+
+    @classmethod
+    def check_return_path(cls, key: str, call: RpcMessage | MalformedRpc) -> str | None:
+        """Only the call's own per-call key, `<api>.<rpc>:result:<id>`."""
+        if isinstance(call, RpcMessage):
+            if key == result_key(call.api_name, call.procedure_name, call.id):
+                return None
+            return "not this call's own result key"
+        return result_key_problem(key, call.id)  # a call with no id is still told why
 
     def get_return_path(self, message: RpcMessage) -> str:
-        return (f"{RETURN_PATH_PREFIX}{message.api_name}.{message.procedure_name}"
-                f":result:{message.id}")
+        return RETURN_PATH_PREFIX + result_key(message.api_name, message.procedure_name,
+                                               message.id)
 
     @staticmethod
     def _key(return_path: str) -> str:
         if not return_path.startswith(RETURN_PATH_PREFIX):
-            raise MalformedMessage(f"return path {return_path!r} is not a memory:// path")
-        return return_path[len(RETURN_PATH_PREFIX):]
+            raise MalformedMessage(f"return path {preview(return_path)} is not a memory:// "
+                                   "path")
+        key = return_path[len(RETURN_PATH_PREFIX):]
+        problem = result_key_problem(key)
+        if problem is not None:
+            raise MalformedMessage(f"return path {preview(return_path)} refused: {problem}")
+        return key
 
     async def send_result(self, rpc_message: RpcMessage, result_message: ResultMessage,
                           return_path: str) -> None:
         data = self.serializer.dumps(result_to_blob(result_message))
-        self.broker.put_result(self._key(return_path), data, self.result_ttl)
+        dropped = self.broker.put_result(self._key(return_path), data, self.result_ttl,
+                                         self.max_unclaimed_results, self.max_unclaimed_bytes)
+        if dropped:
+            self.dropped_results += dropped
+            self._drops.warning("dropped %d RPC result(s) nobody took, to keep at most %d of "
+                                "them (%d bytes) on memory broker %r", dropped,
+                                self.max_unclaimed_results, self.max_unclaimed_bytes,
+                                self.broker.name)
 
     async def receive_result(self, rpc_message: RpcMessage, return_path: str,
                              timeout: float) -> ResultMessage:
@@ -177,13 +214,14 @@ class MemoryEventTransport(_MemoryTransport, EventTransport):
 
     def decode(self, stream: Stream, offset: int, data: bytes, delivery_count: int
                ) -> EventDelivery:
+        """A delivery; a malformed one (to dead-letter) whatever goes wrong decoding it."""
         entry = stream.get(offset)
         try:
             message = event_from_blob(self.serializer.loads(data))
-        except BusError as exc:
+        except Exception as exc:
             return EventDelivery(message=None, delivery_count=delivery_count,
-                                 native_id=str(offset), stream=stream.name, problem=str(exc),
-                                 raw=data)
+                                 native_id=str(offset), stream=stream.name,
+                                 problem=describe(exc), raw=data)
         message.native_id = str(offset)
         message.time = entry.time if entry else None
         return EventDelivery(message=message, delivery_count=delivery_count,
@@ -311,7 +349,9 @@ class MemorySchemaTransport(_MemoryTransport, SchemaTransport):
         loaded = {}
         for name, data in self.broker.load_schemas().items():
             try:
-                loaded[name] = self.serializer.loads(data)
-            except BusError:
+                schema = self.serializer.loads(data)
+            except Exception:
                 continue  # a bad schema must not hide the good ones
+            if isinstance(schema, dict):
+                loaded[name] = schema
         return loaded

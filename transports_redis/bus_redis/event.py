@@ -21,8 +21,15 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from bus_core.errors import BusError, MessageTooLarge
-from bus_core.messages import EventMessage
+from bus_core.errors import MessageTooLarge
+from bus_core.messages import (
+    EventMessage,
+    describe,
+    names_problem,
+    preview,
+    valid_api_name,
+    valid_member_name,
+)
 from bus_core.transports import EventConsumer, EventDelivery, EventTransport
 from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
 from bus_redis.connection import BlockingClient, redis_call
@@ -72,6 +79,11 @@ return removed
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _strict_text(value: bytes | str) -> str:
+    """A metadata value as text; UnicodeDecodeError (a malformed entry) if it is not UTF-8."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 def stream_id_from_datetime(moment: datetime) -> str:
@@ -132,7 +144,18 @@ class RedisEventTransport(RedisTransport, EventTransport):
 
     def decode(self, stream: str, entry_id: str, fields: dict[bytes, bytes] | None,
                delivery_count: int) -> EventDelivery | None:
-        """A delivery, or None for an entry to skip silently (noop or trimmed)."""
+        """A delivery, or None for an entry to skip silently (noop or trimmed). Never
+        raises: whatever goes wrong decoding one entry (any exception, from any serializer)
+        makes it a malformed delivery, to be dead-lettered on its own."""
+        try:
+            return self._decode(stream, entry_id, fields, delivery_count)
+        except Exception as exc:
+            return EventDelivery(message=None, delivery_count=delivery_count, native_id=entry_id,
+                                 stream=stream, raw=fields,
+                                 problem=f"cannot decode the entry: {describe(exc)}")
+
+    def _decode(self, stream: str, entry_id: str, fields: dict[bytes, bytes] | None,
+                delivery_count: int) -> EventDelivery | None:
         if not fields or set(fields) == {b""}:
             return None
         metadata: dict[str, str] = {}
@@ -146,26 +169,29 @@ class RedisEventTransport(RedisTransport, EventTransport):
                                  stream=stream, raw=fields,
                                  problem=f"entry's parameters are {size} bytes in all, above "
                                          f"bus.max_message_size ({limit})")
+        loads = self.serializer.loads
         for raw_name, raw_value in fields.items():
             name = _text(raw_name)
-            if not name:
-                continue
             if name.startswith(":"):
                 try:
-                    kwargs[name[1:]] = self.serializer.loads(raw_value)
-                except BusError as exc:
-                    problem = f"parameter {name[1:]!r}: {exc}"
-            else:
-                metadata[name] = _text(raw_value)  # unknown bare fields are ignored
+                    kwargs[name[1:]] = loads(raw_value)
+                except Exception as exc:
+                    problem = f"parameter {preview(name[1:])}: {describe(exc)}"
+                    break
+            elif name in METADATA_FIELDS:  # other bare fields are ignored
+                metadata[name] = _strict_text(raw_value)
         missing = [key for key in METADATA_FIELDS if not metadata.get(key)]
         if missing and problem is None:
             problem = f"missing metadata field(s) {', '.join(missing)}"
         version = 1
         if problem is None:
+            problem = names_problem(metadata["id"], metadata["api_name"], "event_name",
+                                    metadata["event_name"])
+        if problem is None:
             try:
                 version = int(metadata["version"])
             except ValueError:
-                problem = f"version {metadata['version']!r} is not an integer"
+                problem = f"version {preview(metadata['version'])} is not an integer"
         if problem is not None:
             return EventDelivery(message=None, delivery_count=delivery_count, native_id=entry_id,
                                  stream=stream, problem=problem, raw=fields)
@@ -416,13 +442,16 @@ class RedisEventConsumer(EventConsumer):
 
     def _unwanted(self, fields: dict[bytes, bytes] | None) -> bool:
         """An entry of another event on a shared (per-API) stream: not this listener's,
-        even when it is malformed (its own listeners dead-letter it)."""
+        even when it is malformed (its own listeners dead-letter it). An entry whose names
+        are not valid is nobody's event: every listener dead-letters it."""
         if not fields:
             return False
         api, event = fields.get(b"api_name"), fields.get(b"event_name")
         if api is None or event is None:
             return False
-        return (_text(api), _text(event)) not in self.wanted
+        names = (_text(api), _text(event))
+        return names not in self.wanted and valid_api_name(names[0]) \
+            and valid_member_name(names[1])
 
     def _saw(self, stream: str, entry_id: str) -> None:
         milliseconds, _, sequence = entry_id.partition("-")

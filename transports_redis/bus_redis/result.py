@@ -1,10 +1,14 @@
 """Result transport: results travel back over a `redis+key://<key>` return path.
 
-A worker LPUSHes the result blob to the key and sets its TTL (pipelined). A Bus caller gives
-every call of a client (per event loop) the same reply list, read by one BLPOP loop that
-hands each result to the waiting call by `rpc_message_id`: one blocked connection per
-client instead of one per call in flight. Lightbus workers answer any return path, so this
-works against them too.
+A worker LPUSHes the result blob to the key and sets its TTL (one script, each reply on its
+own: one that fails never fails another). A Bus caller gives every call of a client (per
+event loop) the same reply list, read by one BLPOP loop that hands each result to the waiting
+call by `rpc_message_id`: one blocked connection per client instead of one per call in
+flight. Lightbus workers answer any return path, so this works against them too.
+
+Only the two forms callers write are answered, so a call can never make a worker write to
+(or expire) another key: Bus's shared reply list `bus:reply:<process>:<32 hex>` and the
+per-call key `<api>.<rpc>:result:<call id>` of that very call (what Lightbus callers send).
 """
 
 from __future__ import annotations
@@ -19,16 +23,28 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from bus_core.errors import BusError, MalformedMessage
+from bus_core.errors import MalformedMessage, TransportError
 from bus_core.logs import detached
-from bus_core.messages import ResultMessage, RpcMessage, result_from_blob, result_to_blob
+from bus_core.messages import (
+    ResultMessage,
+    RpcMessage,
+    describe,
+    preview,
+    result_from_blob,
+    result_key,
+    result_key_problem,
+    result_to_blob,
+)
 from bus_core.runtime import time_out
-from bus_core.transports import ResultTransport
+from bus_core.transports import LogLimiter, MalformedRpc, ResultTransport
 from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
 from bus_redis.connection import BlockingClient, redact, redis_call
 
 logger = logging.getLogger("bus.redis.result")
 RETURN_PATH_PREFIX = "redis+key://"
+SHARED_PREFIX = "bus:reply:"
+_HEX = frozenset("0123456789abcdef")
+_shared_keys_seen: set[str] = set()  # shared reply keys found valid (a client reuses one)
 
 OPTIONS = {
     "type": "object",
@@ -39,67 +55,136 @@ OPTIONS = {
         "reply_list": {"enum": ["shared", "per_call"],
                        "description": "shared: one reply list per client (fast); per_call: "
                                       "Lightbus's {api}.{rpc}:result:{id} key per call"},
+        "max_unclaimed_results": {
+            "type": "integer", "minimum": 1,
+            "description": "results kept (for result_ttl) that arrived on the shared reply "
+                           "list with no call waiting for them; beyond it the oldest go"},
+        "max_unclaimed_bytes": {
+            "type": "integer", "minimum": 1024,
+            "description": "bytes of such results kept, at most; beyond it the oldest go"},
     },
 }
 
 
+def _shared_key_problem(key: str) -> str | None:
+    """Why `key` is not a shared reply list `bus:reply:<process>:<32 hex>`, or None."""
+    if key in _shared_keys_seen:
+        return None
+    process, _, token = key[len(SHARED_PREFIX):].rpartition(":")
+    if not (len(token) == 32 and _HEX.issuperset(token) and 0 < len(process) <= 200
+            and process.isprintable()):
+        return "not of the form bus:reply:<process>:<32 hex digits>"
+    if len(_shared_keys_seen) < 4096:
+        _shared_keys_seen.add(key)
+    return None
+
+
+def reply_key_problem(key: str) -> str | None:
+    """Why a worker must not write a result to `key`, or None: only the reply namespace,
+    a shared reply list or a per-call result key, is ever written (and expired)."""
+    if key.startswith(SHARED_PREFIX):
+        return _shared_key_problem(key)
+    return result_key_problem(key)
+
+
 def key_of(return_path: str) -> str:
-    if not return_path.startswith(RETURN_PATH_PREFIX) or len(return_path) == 12:
-        raise MalformedMessage(f"return path {return_path!r} is not a redis+key:// path")
-    return return_path[len(RETURN_PATH_PREFIX):]
+    """The key a result for `return_path` goes to; MalformedMessage outside the reply
+    namespace (a worker never writes anywhere else, whatever a call asks)."""
+    if not return_path.startswith(RETURN_PATH_PREFIX):
+        raise MalformedMessage(f"return path {preview(return_path)} is not a redis+key:// path")
+    key = return_path[len(RETURN_PATH_PREFIX):]
+    problem = reply_key_problem(key)
+    if problem is not None:
+        raise MalformedMessage(f"return path {preview(return_path)} refused: {problem}")
+    return key
 
 
-# Results of a batch of calls: LPUSH each to its return key and set the key's TTL.
+# Results of a batch of calls: LPUSH each to its return key and set the key's TTL, each on
+# its own (a key someone made a stream fails its reply alone, and is never expired).
 # KEYS: result keys; ARGV[1]: TTL seconds; ARGV[i + 1]: the blob for KEYS[i].
+# Returns, per key, 1 or the error text.
 REPLY = """
+local status = {}
 for i, key in ipairs(KEYS) do
-  redis.call('LPUSH', key, ARGV[i + 1])
-  redis.call('EXPIRE', key, ARGV[1])
+  local pushed = redis.pcall('LPUSH', key, ARGV[i + 1])
+  if type(pushed) == 'table' and pushed.err then
+    status[i] = pushed.err
+  else
+    redis.pcall('EXPIRE', key, ARGV[1])
+    status[i] = 1
+  end
 end
-return #KEYS
+return status
 """
 
 
 class RedisResultTransport(RedisTransport, ResultTransport):
     scripts = Scripts(reply=REPLY)
+    return_path_scheme = RETURN_PATH_PREFIX
 
     def __init__(self, *, result_ttl: float = 60, reply_list: str = "shared",
+                 max_unclaimed_results: int = 10_000, max_unclaimed_bytes: int = 16 * 2 ** 20,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.result_ttl = int(max(1, result_ttl))
         self.reply_list = reply_list
-        self.reply_key = f"bus:reply:{self.process_name}:{uuid.uuid4().hex}"
+        self.reply_key = f"{SHARED_PREFIX}{self.process_name}:{uuid.uuid4().hex}"
+        self.max_unclaimed_results = max_unclaimed_results
+        self.max_unclaimed_bytes = max_unclaimed_bytes
+        self.dropped_results = 0  # unclaimed results dropped to stay within those bounds
         self._waiting: dict[str, asyncio.Future[ResultMessage]] = {}
-        self._early: collections.OrderedDict[str, tuple[float, ResultMessage]] = (
+        # Results with no call waiting (yet, or any more): id -> (arrival, result, bytes).
+        self._early: collections.OrderedDict[str, tuple[float, ResultMessage, int]] = (
             collections.OrderedDict())
+        self._early_bytes = 0
         self._reader: asyncio.Task[None] | None = None
         self._has_blmpop = True
-        self._batcher: Batcher[tuple[str, bytes], None] = Batcher(self._send_batch)
+        self._batcher: Batcher[tuple[str, bytes], Any] = Batcher(self._send_batch)
+        self._bad_replies = LogLimiter(logger)
+        self._drops = LogLimiter(logger)
+
+    @classmethod
+    def check_return_path(cls, key: str, call: RpcMessage | MalformedRpc) -> str | None:
+        """A call may ask for its result on a shared reply list, or on its own per-call
+        key (named after its API, procedure and id), and nowhere else."""
+        if key.startswith(SHARED_PREFIX):
+            return _shared_key_problem(key)
+        if isinstance(call, RpcMessage):
+            if key == result_key(call.api_name, call.procedure_name, call.id):
+                return None
+            return "neither a shared reply list nor this call's own result key"
+        return result_key_problem(key, call.id)  # a call with no id is still told why
 
     def get_return_path(self, message: RpcMessage) -> str:
         if self.reply_list == "shared":
             return RETURN_PATH_PREFIX + self.reply_key
-        return f"{RETURN_PATH_PREFIX}{message.api_name}.{message.procedure_name}" \
-               f":result:{message.id}"
+        return RETURN_PATH_PREFIX + result_key(message.api_name, message.procedure_name,
+                                               message.id)
 
     async def send_result(self, rpc_message: RpcMessage, result_message: ResultMessage,
                           return_path: str) -> None:
         item = (key_of(return_path), self.serializer.dumps(result_to_blob(result_message)))
-        await redis_call(self.url, f"cannot send the result of {rpc_message.canonical_name}()",
-                         lambda: self._batcher.submit(item))
+        status = await redis_call(
+            self.url, f"cannot send the result of {rpc_message.canonical_name}()",
+            lambda: self._batcher.submit(item))
+        if status != 1:
+            raise TransportError(f"the result of {rpc_message.canonical_name}() could not be "
+                                 f"written to {preview(item[0])}: {_text(status)}")
 
-    async def _send_batch(self, results: list[tuple[str, bytes]]) -> list[None]:
-        await self.scripts.run(self.redis, "reply", [key for key, _ in results],
-                               [self.result_ttl, *(data for _, data in results)])
-        return [None] * len(results)
+    async def _send_batch(self, results: list[tuple[str, bytes]]) -> list[Any]:
+        """One script run for a batch; each result's own status (1, or Redis's error)."""
+        return list(await self.scripts.run(
+            self.redis, "reply", [key for key, _ in results],
+            [self.result_ttl, *(data for _, data in results)]))
 
     async def receive_result(self, rpc_message: RpcMessage, return_path: str,
                              timeout: float) -> ResultMessage:
         key = key_of(return_path)
         if key != self.reply_key:
-            return await self._receive_own_key(key, timeout)
+            return await self._receive_own_key(rpc_message, key, timeout)
         early = self._early.pop(rpc_message.id, None)
         if early is not None:
+            self._early_bytes -= early[2]
             return early[1]
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ResultMessage] = loop.create_future()
@@ -113,8 +198,10 @@ class RedisResultTransport(RedisTransport, ResultTransport):
             timer.cancel()
             self._waiting.pop(rpc_message.id, None)
 
-    async def _receive_own_key(self, key: str, timeout: float) -> ResultMessage:
-        """Wait on a per-call result key (reply_list: per_call), as Lightbus callers do."""
+    async def _receive_own_key(self, rpc_message: RpcMessage, key: str, timeout: float
+                               ) -> ResultMessage:
+        """Wait on a per-call result key (reply_list: per_call), as Lightbus callers do.
+        Anything else found there (garbage, another call's result) is logged and skipped."""
         deadline = time.monotonic() + timeout
         blocking = BlockingClient(self.shared)
         try:
@@ -123,8 +210,19 @@ class RedisResultTransport(RedisTransport, ResultTransport):
                 if remaining <= 0:
                     raise TimeoutError
                 popped = await blocking.client.blpop([key], timeout=min(remaining, 5))
-                if popped is not None:
-                    return result_from_blob(self.serializer.loads(popped[1]))
+                if popped is None:
+                    continue
+                try:
+                    result = result_from_blob(self.serializer.loads(popped[1]))
+                except Exception as exc:
+                    self._bad_replies.warning("dropped a malformed RPC result on %s: %s",
+                                              preview(key), describe(exc))
+                    continue
+                if result.rpc_message_id == rpc_message.id:
+                    return result
+                self._bad_replies.warning("dropped a result for call %s found on the result "
+                                          "key of call %s", preview(result.rpc_message_id),
+                                          preview(rpc_message.id))
         finally:
             await blocking.close()
 
@@ -159,7 +257,11 @@ class RedisResultTransport(RedisTransport, ResultTransport):
                     await asyncio.sleep(min(0.05 * 2 ** failures, 2.0))
                     continue
                 for data in (popped[1] if popped else ()):
-                    self._dispatch(data)
+                    try:
+                        self._dispatch(data)
+                    except Exception as exc:  # one bad entry never stops the reader
+                        self._bad_replies.warning("dropped an RPC result that could not be "
+                                                  "handed out: %s", describe(exc))
         finally:
             await blocking.close()
 
@@ -171,24 +273,54 @@ class RedisResultTransport(RedisTransport, ResultTransport):
         return popped[0], [popped[1], *more]
 
     def _dispatch(self, data: bytes) -> None:
+        """Hand one popped reply to its waiting call, or keep it for a call not waiting yet.
+        Malformed replies are dropped, with one log line per ten seconds at most."""
         try:
             result = result_from_blob(self.serializer.loads(data))
-        except BusError as exc:
-            logger.warning("dropped a malformed RPC result: %s", exc)
+        except Exception as exc:
+            self._bad_replies.warning("dropped a malformed RPC result: %s", describe(exc))
             return
         future = self._waiting.get(result.rpc_message_id)
         if future is not None:
             if not future.done():
                 future.set_result(result)
             return
-        now = time.monotonic()  # arrived before its caller waits, or after it gave up
-        self._early[result.rpc_message_id] = (now, result)
-        while self._early and next(iter(self._early.values()))[0] < now - self.result_ttl:
-            self._early.popitem(last=False)
+        self._keep_early(result, len(data))
+
+    def _keep_early(self, result: ResultMessage, size: int) -> None:
+        """Keep a result that arrived before its call waits for it (or after it gave up),
+        for result_ttl, within max_unclaimed_results and max_unclaimed_bytes: oldest first
+        out, each drop counted in `dropped_results`."""
+        now = time.monotonic()
+        early = self._early
+        previous = early.pop(result.rpc_message_id, None)
+        if previous is not None:
+            self._early_bytes -= previous[2]
+        early[result.rpc_message_id] = (now, result, size)
+        self._early_bytes += size
+        while early and next(iter(early.values()))[0] < now - self.result_ttl:
+            self._early_bytes -= early.popitem(last=False)[1][2]
+        dropped = 0
+        while early and (len(early) > self.max_unclaimed_results
+                         or self._early_bytes > self.max_unclaimed_bytes):
+            self._early_bytes -= early.popitem(last=False)[1][2]
+            dropped += 1
+        if dropped:
+            self.dropped_results += dropped
+            self._drops.warning(
+                "dropped RPC results nobody waits for, to keep at most %d of them (%d bytes) "
+                "on %s; %d dropped so far", self.max_unclaimed_results,
+                self.max_unclaimed_bytes, redact(self.url), self.dropped_results)
 
     async def close(self) -> None:
+        self._early.clear()
+        self._early_bytes = 0
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
         await super().close()
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

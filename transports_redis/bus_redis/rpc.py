@@ -16,7 +16,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from bus_core.messages import RpcMessage, rpc_to_blob
-from bus_core.transports import MalformedRpc, RpcConsumer, RpcTransport, decode_call
+from bus_core.transports import LogLimiter, MalformedRpc, RpcConsumer, RpcTransport, decode_call
 from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
 from bus_redis.connection import BlockingClient, redis_call
 
@@ -136,6 +136,7 @@ class RedisRpcConsumer(RpcConsumer):
         self._blocking = BlockingClient(transport.shared)
         self._has_blmpop = True  # Redis 7 pops many in one command; older ones BLPOP + LPOP
         self._next = 0  # round-robin start, so no API starves another
+        self._stale_malformed = LogLimiter(logger)
 
     async def receive(self, limit: int) -> Sequence[RpcMessage | MalformedRpc]:
         limit = max(1, min(limit, self.transport.batch_size))
@@ -177,22 +178,31 @@ class RedisRpcConsumer(RpcConsumer):
         await self._blocking.close()
 
     async def _live(self, raw: list[bytes]) -> list[RpcMessage | MalformedRpc]:
-        """Decode calls and drop those whose expiry key is gone (their caller gave up)."""
+        """Decode calls and drop those whose expiry key is gone (their caller gave up).
+
+        Each call stands alone: one that cannot be decoded is a MalformedRpc and the rest of
+        the batch runs. Each call id claims its expiry key once, so a second call with an
+        id already claimed in this batch is dropped as expired (at most once per id)."""
         serializer = self.transport.serializer
         decoded = [decode_call(serializer, data) for data in raw]
         # A malformed call is answered only while its caller still waits, like any other.
-        ids = [item.id for item in decoded if item.id]
-        if not ids:
+        claimed = [item for item in decoded if item.id]
+        if not claimed:
             return decoded
-        alive = dict(zip(ids, await self.transport.scripts.run(
-            self.transport.redis, "claim", [expiry_key(i) for i in ids], []), strict=True))
-        for item in decoded:
-            if not item.id or alive[item.id] == 1:
+        replies = await self.transport.scripts.run(
+            self.transport.redis, "claim", [expiry_key(item.id) for item in claimed], [])
+        expired = {id(item) for item, alive in zip(claimed, replies, strict=True)
+                   if alive != 1}
+        if not expired:
+            return decoded
+        for item in claimed:
+            if id(item) not in expired:
                 continue
             if isinstance(item, MalformedRpc):
-                logger.warning("dropped a malformed RPC call (%s): its expiry key is gone (the "
-                               "caller gave up, or never set one): %s", item.id, item.problem)
+                self._stale_malformed.warning(
+                    "dropped a malformed RPC call (%s): its expiry key is gone (the caller "
+                    "gave up, or never set one): %s", item.id, item.problem)
             else:
                 logger.debug("dropped %s() call %s: it expired before a worker took it",
-                              item.canonical_name, item.id)
-        return [item for item in decoded if not item.id or alive[item.id] == 1]
+                             item.canonical_name, item.id)
+        return [item for item in decoded if id(item) not in expired]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus_core.errors import BusError
+from bus_core.messages import valid_api_name
 from bus_core.transports import SchemaTransport
 from bus_redis.base import OPTIONS_SCHEMA, RedisTransport
 from bus_redis.connection import redis_call
@@ -15,6 +15,13 @@ SCHEMA_SET = "schemas"
 
 def schema_key(api_name: str) -> str:
     return f"schema:{api_name}"
+
+
+def _text(value: bytes | str) -> str | None:
+    try:
+        return value.decode() if isinstance(value, bytes) else value
+    except UnicodeDecodeError:
+        return None
 
 
 class RedisSchemaTransport(RedisTransport, SchemaTransport):
@@ -33,8 +40,10 @@ class RedisSchemaTransport(RedisTransport, SchemaTransport):
 
     async def load(self) -> dict[str, dict[str, Any]]:
         async def read() -> dict[str, dict[str, Any]]:
-            names = sorted(n.decode() if isinstance(n, bytes) else n
-                           for n in await self.redis.smembers(SCHEMA_SET))
+            # Names that are not API names (not UTF-8, control characters, 10k long) are
+            # skipped: the set is shared with every peer, and never pruned.
+            names = sorted(name for name in map(_text, await self.redis.smembers(SCHEMA_SET))
+                           if name is not None and valid_api_name(name))
             if not names:
                 return {}
             values = await self.redis.mget([schema_key(n) for n in names])
@@ -43,9 +52,11 @@ class RedisSchemaTransport(RedisTransport, SchemaTransport):
                 if value is None:
                     continue  # expired: the set is never pruned
                 try:
-                    loaded[name] = self.serializer.loads(value)
-                except BusError:
+                    schema = self.serializer.loads(value)
+                except Exception:  # any serializer's failure: a bad schema hides no other
                     continue
+                if isinstance(schema, dict):
+                    loaded[name] = schema
             return loaded
 
         return await redis_call(self.url, "cannot load schemas", read)
