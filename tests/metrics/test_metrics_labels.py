@@ -29,12 +29,13 @@ async def test_metric_series_stay_bounded_whatever_names_callers_send(
     worker_bus = make_bus(config=config, service_name="worker")
     worker_bus.client.register_api(AuthApi())
     transport = await rpc_transport(worker_bus)
+    results = await (await worker_bus.client.state()).transport("result", "auth")
     names = [f"rpc_{uuid.uuid4().hex}" for _ in range(300)]
     async with serving(worker_bus):
         for name in names:  # on auth's queue, as a peer may write them
             for api_name, procedure_name in (("auth", name), (f"api_{name}", "x")):
-                call = RpcMessage(api_name=api_name, procedure_name=procedure_name, kwargs={},
-                                  return_path="memory://nobody")
+                call = RpcMessage(api_name=api_name, procedure_name=procedure_name, kwargs={})
+                call.return_path = results.get_return_path(call)
                 transport.broker.push_call("auth", transport.serializer.dumps(
                     rpc_to_blob(call)), time.monotonic() + 5)
         await worker_bus.auth.check_password.call_async(username="a", password="b")
