@@ -194,7 +194,7 @@ def cmd_fire(args: argparse.Namespace) -> int:
 async def fire_foreign(bus: Bus, api_name: str, event_name: str, kwargs: dict[str, Any],
                        timeout: float | None) -> EventMessage:
     """Put an EventMessage straight on the API's event transport (no local API needed)."""
-    from bus_core.client import wire_kwargs
+    from bus_core.client import fire_timeout_message, wire_kwargs
 
     message = EventMessage(api_name=api_name, event_name=event_name,
                            kwargs=wire_kwargs(f"{api_name}.{event_name}", kwargs))
@@ -204,8 +204,9 @@ async def fire_foreign(bus: Bus, api_name: str, event_name: str, kwargs: dict[st
     try:
         await asyncio.wait_for(transport.send_event(message), seconds)
     except (TimeoutError, asyncio.TimeoutError):
-        raise BusError(f"firing {api_name}.{event_name} was not accepted by the event "
-                       f"transport within {seconds:g}s") from None
+        raise BusError(fire_timeout_message(f"{api_name}.{event_name}", seconds,
+                                            "bus fire --timeout" if timeout else
+                                            f"apis.{api_name}.event_fire_timeout")) from None
     return message
 
 

@@ -532,6 +532,9 @@ def default_process_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+MAX_CACHED_APIS = 1000
+
+
 class Config:
     """A validated config document with defaults applied."""
 
@@ -579,7 +582,11 @@ class Config:
         found = self._api_cache.get(name)
         if found is None:
             merged = _deep_merge(self._api_default, self._api_overrides.get(name) or {})
-            found = self._api_cache[name] = ApiConfig(name=name, **merged)
+            found = ApiConfig(name=name, **merged)
+            # API names can come from the wire (a call naming an API nobody serves): the
+            # cache keeps a bounded number of them, so they cannot grow it for ever.
+            if name in self._api_overrides or len(self._api_cache) < MAX_CACHED_APIS:
+                self._api_cache[name] = found
         return found
 
     def plugin(self, name: str) -> dict[str, Any]:
