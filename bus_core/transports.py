@@ -19,8 +19,6 @@ when they are received (`decode_call`), before they run, and never answered.
 from __future__ import annotations
 
 import abc
-import logging
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -115,29 +113,6 @@ def decode_call(serializer: Serializer, data: bytes | str) -> RpcMessage | Malfo
     if problem is not None:
         return MalformedRpc(problem=f"refused: {problem}", raw=data, id=message.id)
     return message
-
-
-class LogLimiter:
-    """At most one log line per `interval` seconds for trouble that outside input can repeat
-    at will (garbage on a reply list, a flood of results nobody waits for); the next line
-    says how many were left out."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self.left_out = 0
-        self._next = 0.0
-
-    def warning(self, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self.left_out += 1
-            return
-        self._next = now + self.interval
-        if self.left_out:
-            message += f" (and {self.left_out} more like it since the last such line)"
-            self.left_out = 0
-        self.logger.warning(message, *args)
 
 
 class RpcConsumer(abc.ABC):

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from bus_core.errors import BusError, MalformedMessage
+from bus_core.logs import Throttle
 from bus_core.messages import (
     EventMessage,
     ResultMessage,
@@ -30,7 +31,6 @@ from bus_core.transports import (
     EventConsumer,
     EventDelivery,
     EventTransport,
-    LogLimiter,
     MalformedRpc,
     ResultTransport,
     RpcConsumer,
@@ -114,7 +114,7 @@ class MemoryResultTransport(_MemoryTransport, ResultTransport):
         self.max_unclaimed_results = max_unclaimed_results
         self.max_unclaimed_bytes = max_unclaimed_bytes
         self.dropped_results = 0
-        self._drops = LogLimiter(logger)
+        self._drops = Throttle(logger)
 
     @classmethod
     def check_return_path(cls, key: str, call: RpcMessage | MalformedRpc) -> str | None:

@@ -24,7 +24,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from bus_core.errors import MalformedMessage, TransportError
-from bus_core.logs import detached
+from bus_core.logs import Throttle, detached
 from bus_core.messages import (
     ResultMessage,
     RpcMessage,
@@ -36,7 +36,7 @@ from bus_core.messages import (
     result_to_blob,
 )
 from bus_core.runtime import time_out
-from bus_core.transports import LogLimiter, MalformedRpc, ResultTransport
+from bus_core.transports import MalformedRpc, ResultTransport
 from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
 from bus_redis.connection import BlockingClient, redact, redis_call
 
@@ -140,8 +140,8 @@ class RedisResultTransport(RedisTransport, ResultTransport):
         self._reader: asyncio.Task[None] | None = None
         self._has_blmpop = True
         self._batcher: Batcher[tuple[str, bytes], Any] = Batcher(self._send_batch)
-        self._bad_replies = LogLimiter(logger)
-        self._drops = LogLimiter(logger)
+        self._bad_replies = Throttle(logger)
+        self._drops = Throttle(logger)
 
     @classmethod
     def check_return_path(cls, key: str, call: RpcMessage | MalformedRpc) -> str | None:

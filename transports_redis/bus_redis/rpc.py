@@ -15,8 +15,9 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from bus_core.logs import Throttle
 from bus_core.messages import RpcMessage, rpc_to_blob
-from bus_core.transports import LogLimiter, MalformedRpc, RpcConsumer, RpcTransport, decode_call
+from bus_core.transports import MalformedRpc, RpcConsumer, RpcTransport, decode_call
 from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
 from bus_redis.connection import BlockingClient, redis_call
 
@@ -136,7 +137,7 @@ class RedisRpcConsumer(RpcConsumer):
         self._blocking = BlockingClient(transport.shared)
         self._has_blmpop = True  # Redis 7 pops many in one command; older ones BLPOP + LPOP
         self._next = 0  # round-robin start, so no API starves another
-        self._stale_malformed = LogLimiter(logger)
+        self._stale_malformed = Throttle(logger)
 
     async def receive(self, limit: int) -> Sequence[RpcMessage | MalformedRpc]:
         limit = max(1, min(limit, self.transport.batch_size))
