@@ -26,8 +26,8 @@ from bus_core.errors import InvalidApi
 from bus_core.values import wire_problem
 
 MISSING: Any = inspect.Parameter.empty
-_API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
-_MEMBER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_API_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*")
+_MEMBER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 RESERVED_API_NAMES = {"default"}
 
 
@@ -186,7 +186,7 @@ class Api:
             raise InvalidApi(
                 f"{cls.__name__} needs a name: add `class Meta: name = \"...\"` to the class"
             )
-        if not _API_NAME.match(name) or name in RESERVED_API_NAMES:
+        if not _API_NAME.fullmatch(name) or name in RESERVED_API_NAMES:
             raise InvalidApi(
                 f"{cls.__name__}.Meta.name {name!r} is not a valid API name: use dotted "
                 "identifiers such as 'auth' or 'my_company.auth' (and not 'default')"
@@ -204,7 +204,7 @@ class Api:
                 elif inspect.isfunction(value):
                     rpcs[attr] = rpc_definition(attr, value)
         for member in (*rpcs, *events):
-            if not _MEMBER_NAME.match(member):
+            if not _MEMBER_NAME.fullmatch(member):
                 raise InvalidApi(f"{cls.__name__}.{member} is not a valid RPC or event name")
         if declared is not None:
             _check_implements(cls, declared, rpcs)

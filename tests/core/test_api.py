@@ -56,7 +56,8 @@ def test_dotted_names_and_versions():
     assert BillingApi.definition.version == 3
 
 
-@pytest.mark.parametrize("name", ["", "default", "1abc", "has space", "a..b", ".a"])
+@pytest.mark.parametrize("name", ["", "default", "1abc", "has space", "a..b", ".a", "auth\n",
+                                  "auth\r\n"])
 def test_bad_api_names_are_refused(name: str):
     with pytest.raises(InvalidApi):
         class Bad(Api):

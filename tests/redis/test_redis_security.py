@@ -78,3 +78,19 @@ def test_acl_user_with_password_and_database_number(tmp_path, caplog):
         assert all("wrong-s3cret" not in record.getMessage() for record in caplog.records)
     finally:
         server.stop()
+
+
+def test_an_rpc_only_worker_with_refused_credentials_fails_at_start(tmp_path):
+    server = RedisServer(free_port(), tmp_path, extra=("--requirepass", "r1ght-pa55"))
+    server.start()
+    bad = f"redis://:wr0ng-pa55@127.0.0.1:{server.port}/0"
+    worker = bus_core.create(redis_config(bad), service_name="rpc_only")
+    try:
+        worker.client.register_api(AuthApi())  # serves RPCs; no listener, no task
+        with pytest.raises(TransportError, match="refused the credentials") as caught:
+            worker.client.start_worker(events=False, tasks=False)
+        assert "wr0ng-pa55" not in str(caught.value)
+        assert worker.client.running_workers == []
+    finally:
+        worker.client.close()
+        server.stop()

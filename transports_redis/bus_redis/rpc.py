@@ -112,6 +112,11 @@ class RedisRpcTransport(RedisTransport, RpcTransport):
         return [None] * len(calls)
 
     async def open_consumer(self, api_names: Sequence[str]) -> RpcConsumer:
+        # Reach Redis now, as a listener's group creation does: a worker whose credentials
+        # are refused fails at start (TransportError) instead of retrying its reads for
+        # ever; one whose Redis is down waits for it (TransportUnavailable).
+        await redis_call(self.url, f"cannot serve the RPCs of {', '.join(api_names)}",
+                         self.redis.ping)
         return RedisRpcConsumer(self, list(api_names))
 
     async def try_lock(self, name: str, owner: str, ttl: float) -> bool:
