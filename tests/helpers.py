@@ -10,7 +10,8 @@ from typing import Any
 
 from bus_memory import MemoryEventTransport
 
-from bus_core import Bus, EventMessage
+from bus_core import Bus, EventMessage, hookimpl
+from bus_core.default_plugins.json_serializer import JsonSerializer
 from bus_core.worker import Worker
 
 WAIT = 5.0  # upper bound for what must happen; never reached when it does
@@ -90,3 +91,23 @@ def count_single_task_runs(buses: list[Bus], seconds: float = 0.01) -> list[str]
 
 async def wait_for_runs(runs: list[str], count: int) -> None:
     await eventually(lambda: len(runs) >= count)
+
+
+class ExplodingSerializer(JsonSerializer):
+    """JSON, except that it raises KeyError (not a TypeError/ValueError, not a BusError) on
+    anything holding the word `explode`: a third-party serializer's own failure mode."""
+
+    name = "exploding-json"
+
+    def loads(self, data: bytes | str) -> Any:
+        if (b"explode" if isinstance(data, bytes) else "explode") in data:
+            raise KeyError("explode")
+        return super().loads(data)
+
+
+class ExplodingPlugin:
+    """Registers ExplodingSerializer as the serializer `exploding-json`."""
+
+    @hookimpl
+    def bus_register_serializers(self, register: Any) -> None:
+        register("exploding-json", ExplodingSerializer)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from bus_memory import MemoryResultTransport, MemoryRpcTransport, get_broker
 
-from bus_core import Bus, EventMessage, MalformedMessage, hookimpl
+from bus_core import Bus, EventMessage, MalformedMessage
 from bus_core.default_plugins.json_serializer import JsonSerializer
 from bus_core.messages import (
     ResultMessage,
@@ -26,28 +26,10 @@ from bus_core.serialization import SizeLimitedSerializer
 from bus_core.transports import MalformedRpc, decode_call
 from tests.apis import AuthApi
 from tests.conftest import memory_config
-from tests.helpers import event_transport, eventually, serving
+from tests.helpers import ExplodingPlugin, ExplodingSerializer, event_transport, eventually, serving
 
 WAIT = 5.0
 DEEP = b"[" * 100_000  # RecursionError in json.loads, whatever the recursion limit
-
-
-class ExplodingSerializer(JsonSerializer):
-    """JSON, but raises KeyError on anything holding `explode`: a third-party serializer
-    failing with an exception type nobody expects."""
-
-    name = "exploding-json"
-
-    def loads(self, data: bytes | str) -> Any:
-        if (b"explode" if isinstance(data, bytes) else "explode") in data:
-            raise KeyError("explode")
-        return super().loads(data)
-
-
-class ExplodingPlugin:
-    @hookimpl
-    def bus_register_serializers(self, register: Any) -> None:
-        register("exploding-json", ExplodingSerializer)
 
 
 def hostile_bus(make_bus: Callable[..., Bus], broker_name: str, **options: Any) -> Bus:

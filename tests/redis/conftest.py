@@ -35,6 +35,7 @@ class RedisServer:
     process: subprocess.Popen[bytes] | None = None
     extra: tuple[str, ...] = ()
     tls: tuple[Path, Path] | None = None  # (certificate, key): serve TLS only
+    unix_socket: Path | None = None  # listen on this socket only, no TCP port
 
     @property
     def url(self) -> str:
@@ -47,6 +48,9 @@ class RedisServer:
             pytest.fail("redis-server is not installed: `apt-get install redis-server` "
                         "(.ci/run does this)")
         ports = ["--port", str(self.port)]
+        if self.unix_socket is not None:
+            ports = ["--port", "0", "--unixsocket", str(self.unix_socket),
+                     "--unixsocketperm", "700"]
         if self.tls:
             cert, key = self.tls
             ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
@@ -66,10 +70,11 @@ class RedisServer:
                     break
             except (redis.exceptions.ResponseError, redis.exceptions.AuthenticationError):
                 break  # up, but wants a password: that is for the test to use
-            except redis.exceptions.ConnectionError:
+            except (redis.exceptions.ConnectionError, FileNotFoundError):
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     log = (self.folder / "redis.log").read_text(errors="replace")[-2000:]
-                    pytest.fail(f"redis-server did not start on port {self.port}:\n{log}")
+                    where = self.unix_socket or f"port {self.port}"
+                    pytest.fail(f"redis-server did not start on {where}:\n{log}")
                 time.sleep(0.02)
         client.close()
 
@@ -84,6 +89,8 @@ class RedisServer:
         self.process = None
 
     def client(self, **options: Any) -> redis.Redis:
+        if self.unix_socket is not None:
+            return redis.Redis(unix_socket_path=str(self.unix_socket), **options)
         if self.tls:
             options.update(ssl=True, ssl_ca_certs=str(self.tls[0]))
         return redis.Redis(host="127.0.0.1", port=self.port, **options)

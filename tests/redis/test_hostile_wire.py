@@ -20,36 +20,18 @@ import redis
 from bus_redis import RedisResultTransport
 
 import bus_core
-from bus_core import EventMessage, TransportError, hookimpl
+from bus_core import EventMessage, TransportError
 from bus_core.default_plugins.json_serializer import JsonSerializer
 from bus_core.messages import ResultMessage, RpcMessage, result_to_blob
 from bus_core.serialization import SizeLimitedSerializer
 from tests.apis import AuthApi
-from tests.helpers import wait_until
+from tests.helpers import ExplodingPlugin, wait_until
 from tests.redis.conftest import redis_config
 
 WAIT = 5.0  # upper bound for what must happen; never reached when it does
 STREAM = "auth.*:stream"
 GROUP = "svc-welcome"
 DEEP = b"[" * 100_000  # RecursionError in json.loads, whatever the recursion limit
-
-
-class ExplodingSerializer(JsonSerializer):
-    """JSON, except that it raises KeyError (not a TypeError/ValueError, not a BusError) on
-    anything holding the word `explode`: a third-party serializer's own failure mode."""
-
-    name = "exploding-json"
-
-    def loads(self, data: bytes | str) -> Any:
-        if (b"explode" if isinstance(data, bytes) else "explode") in data:
-            raise KeyError("explode")
-        return super().loads(data)
-
-
-class ExplodingPlugin:
-    @hookimpl
-    def bus_register_serializers(self, register: Any) -> None:
-        register("exploding-json", ExplodingSerializer)
 
 
 def hostile_config(url: str, **api_default: Any) -> dict[str, Any]:

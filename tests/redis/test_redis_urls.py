@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from bus_core import ConfigError
 from bus_core.config import load_config
 from bus_core.plugins import PluginManager
 from tests.apis import AuthApi
-from tests.redis.conftest import redis_config
+from tests.redis.conftest import RedisServer, redis_config
 
 SECRET = "s3cret-pa55"
 URL_PATH = "apis.default.event_transport.redis.url"
@@ -152,36 +151,13 @@ def test_bus_config_check_refuses_bad_urls_and_accepts_unix_ones(tmp_path):
 @pytest.fixture
 def unix_socket_server() -> Iterator[Path]:
     """A redis-server listening on a unix socket only (no TCP port)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: `apt-get install redis-server`")
     folder = Path(tempfile.mkdtemp(prefix="bus-redis-"))  # short: socket paths are limited
-    sock = folder / "redis.sock"
-    process = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-         "--save", "", "--appendonly", "no", "--dir", str(folder),
-         "--logfile", str(folder / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(0, folder, unix_socket=folder / "redis.sock")
+    server.start()
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with redis.Redis(unix_socket_path=str(sock), socket_connect_timeout=0.2) as c:
-                    if c.ping():
-                        break
-            except (redis.exceptions.ConnectionError, FileNotFoundError):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log = (folder / "redis.log").read_text(errors="replace")[-2000:]
-                    pytest.fail(f"redis-server did not start on {sock}:\n{log}")
-                time.sleep(0.02)
-        yield sock
+        yield folder / "redis.sock"
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 
