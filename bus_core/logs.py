@@ -16,7 +16,7 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -168,14 +168,16 @@ class Throttle:
     can repeat at will (a flood of malformed replies must not flood the log); the next line
     says how many were left out meanwhile."""
 
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+    def __init__(self, logger: logging.Logger, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.logger = logger
         self.interval = interval
+        self.clock = clock
         self._next = 0.0
         self.suppressed = 0
 
     def warning(self, message: str, *args: Any, **kwargs: Any) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now < self._next:
             self.suppressed += 1
             return

@@ -14,7 +14,7 @@ import pytest
 
 from bus_core import Bus, EventMessage, InvalidArguments, RemoteError, hookimpl
 from bus_core.errors import TransportError
-from bus_core.logs import JsonFormatter, TextFormatter, current_message
+from bus_core.logs import JsonFormatter, TextFormatter, Throttle, current_message
 from tests.apis import AuthApi
 from tests.conftest import memory_config
 from tests.helpers import EventRecorder, event_transport, eventually, serving
@@ -205,6 +205,20 @@ def test_json_logs_are_one_line_whatever_the_message() -> None:
         assert len(JsonFormatter().format(record).splitlines()) == 1
     finally:
         current_message.reset(token)
+
+
+def test_a_flood_of_one_kind_of_trouble_logs_one_line_per_interval(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    throttle = Throttle(logging.getLogger("bus.test"), interval=10, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="bus.test"):
+        for n in range(1000):
+            throttle.warning("malformed reply %d", n)
+        now[0] += 10
+        throttle.warning("malformed reply %d", 1000)
+    assert [r.getMessage() for r in caplog.records] == [
+        "malformed reply 0",
+        "malformed reply 1000 (and 999 more like it in the last 10s)"]
 
 
 # -- a start that fails part way leaves nothing running -------------------------------------------

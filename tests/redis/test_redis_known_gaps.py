@@ -1,21 +1,26 @@
 """Redis consumer behaviours a user relies on that no other test pinned down: one consumer
 serving several APIs takes from each in turn; reclaim never hands back an entry this consumer
-is still handling; a failed event is redelivered promptly while other handlers run."""
+is still handling; a failed event is redelivered promptly while other handlers run; a fire
+that times out on a slow Redis says the event may have been written all the same."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from typing import Any
 
+import pytest
 from bus_redis import RedisEventTransport
 from bus_redis.rpc import RedisRpcTransport
 
-from bus_core import EventMessage
+import bus_core
+from bus_core import BusError, EventMessage
 from bus_core.default_plugins.json_serializer import JsonSerializer
 from bus_core.messages import RpcMessage
 from tests.apis import AuthApi
+from tests.redis.conftest import RedisServer, free_port, redis_config
 from tests.redis.test_redis_reliability import STREAM, config, entry
 
 REPLY = "redis+key://bus:reply:proc:0123456789abcdef0123456789abcdef"
@@ -110,3 +115,28 @@ async def test_a_failed_event_is_redelivered_promptly_while_another_handler_runs
         release.set()
         await worker.stop()
     assert attempts == ["slow", "flaky", "flaky"]
+
+
+async def test_a_fire_that_times_out_on_a_slow_redis_says_it_may_have_been_written(
+        tmp_path: Any) -> None:
+    server = RedisServer(free_port(), tmp_path, extra=("--enable-debug-command", "yes"))
+    server.start()
+    bus = bus_core.create(redis_config(server.url, event_fire_timeout=0.3),
+                          service_name="slow")
+    try:
+        bus.client.register_api(AuthApi())
+        await bus.auth.user_registered.fire_async(username="warm", email="e")  # connected
+        admin = server.client()
+        sleeper = threading.Thread(target=admin.execute_command, args=("DEBUG", "SLEEP", "1"))
+        sleeper.start()
+        await asyncio.sleep(0.1)  # Redis is asleep now; it writes the event when it wakes
+        with pytest.raises(BusError, match="may still have been written") as caught:
+            await bus.auth.user_registered.fire_async(username="late", email="e")
+        assert "0.3s" in str(caught.value)
+        sleeper.join()
+        streams = admin.xrange(STREAM)
+        assert [json.loads(f[b":username"]) for _, f in streams] == ["warm", "late"]
+        admin.close()
+    finally:
+        await bus.client.close_async()
+        server.stop()
