@@ -134,8 +134,10 @@ async def test_a_fire_that_times_out_on_a_slow_redis_says_it_may_have_been_writt
             await bus.auth.user_registered.fire_async(username="late", email="e")
         assert "0.3s" in str(caught.value)
         sleeper.join()
-        streams = admin.xrange(STREAM)
-        assert [json.loads(f[b":username"]) for _, f in streams] == ["warm", "late"]
+        # Whether the late XADD reached Redis before the fire gave up is a race (usually it
+        # did, and Redis writes it on waking): that is why the error says "may".
+        names = [json.loads(f[b":username"]) for _, f in admin.xrange(STREAM)]
+        assert names in (["warm"], ["warm", "late"])
         admin.close()
     finally:
         await bus.client.close_async()
