@@ -17,8 +17,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 OPTIONS_SCHEMA: dict[str, Any] = {
-    "url": {"type": "string", "pattern": "^(redis|rediss|unix)://",
-            "description": "redis://[user:password@]host:port/db, rediss:// for TLS"},
+    "url": {"type": "string", "pattern": "^(rediss?(\\+(sentinel|cluster))?|unix)://",
+            "description": "redis://[user:password@]host:port/db, rediss:// for TLS, "
+                           "redis+sentinel://host:26379,.../master-name/db for Sentinel, "
+                           "redis+cluster://host:port,.../ for a Redis Cluster"},
     "max_connections": {"type": "integer", "minimum": 2},
     "socket_timeout": {"type": ["number", "null"], "exclusiveMinimum": 0},
 }

@@ -1,5 +1,9 @@
 """Connections: one lazily-connecting pool per (event loop, URL, pool size), shared by every
-Redis transport on that loop, with retries and backoff for a Redis that goes away."""
+Redis transport on that loop, with retries and backoff for a Redis that goes away.
+
+Three kinds of URL: one server (`redis://`, `rediss://`, `unix://`), the master of a Sentinel
+set (`redis+sentinel://`, followed through failovers by redis-py's own Sentinel pool), and a
+Redis Cluster (`redis+cluster://`, redis-py's RedisCluster)."""
 
 from __future__ import annotations
 
@@ -11,12 +15,22 @@ import os
 import urllib.parse
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    RedisClusterException,
+    RedisClusterUnreachableError,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -97,11 +111,24 @@ _TLS_OPTIONS = {
     "ssl_check_hostname": _boolean,
     "ssl_ca_certs": _anything, "ssl_certfile": _anything, "ssl_keyfile": _anything,
 }
+# The Sentinel's own credentials (the user part of the URL is for the master).
+_SENTINEL_OPTIONS = {"sentinel_username": _anything, "sentinel_password": _anything}
+_CLUSTER_OPTIONS = {name: check for name, check in _OPTIONS.items() if name != "db"}
 URL_OPTIONS = {
     "redis": {**_OPTIONS, **_TCP_OPTIONS},
     "rediss": {**_OPTIONS, **_TCP_OPTIONS, **_TLS_OPTIONS},
     "unix": dict(_OPTIONS),
+    "redis+sentinel": {**_OPTIONS, **_TCP_OPTIONS, **_SENTINEL_OPTIONS},
+    "rediss+sentinel": {**_OPTIONS, **_TCP_OPTIONS, **_TLS_OPTIONS, **_SENTINEL_OPTIONS},
+    "redis+cluster": {**_CLUSTER_OPTIONS, **_TCP_OPTIONS},
+    "rediss+cluster": {**_CLUSTER_OPTIONS, **_TCP_OPTIONS, **_TLS_OPTIONS},
 }
+SENTINEL_PORT = 26379  # a sentinel's port when the URL names none
+CLUSTER_PORT = 6379
+_SCHEMES = ("use redis://, rediss:// (TLS), unix:// (a socket file), redis+sentinel:// or "
+            "rediss+sentinel:// (Sentinel), redis+cluster:// or rediss+cluster:// (Cluster)")
+_SENTINEL_FORM = "redis+sentinel://HOST:26379,HOST:26379/MASTER-NAME/DB"
+_CLUSTER_FORM = "redis+cluster://HOST:PORT,HOST:PORT/"
 
 
 def url_problem(url: str) -> str | None:
@@ -111,9 +138,11 @@ def url_problem(url: str) -> str | None:
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in URL_OPTIONS:
-        return "use redis://, rediss:// (TLS) or unix:// (a socket file)"
+        return _SCHEMES
     if "#" in rest:
         return "a Redis URL has no #fragment"
+    if "+" in scheme:
+        return _multi_node_problem(scheme, rest)
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
@@ -132,9 +161,14 @@ def url_problem(url: str) -> str | None:
         database = parts.path[1:] if parts.path not in ("", "/") else None
         if database is not None and not database.isdigit():
             return f"the path /{database} is not a database number (write /0 for database 0)"
+    return _options_problem(scheme, parts.query, database)
+
+
+def _options_problem(scheme: str, query: str, database: str | None) -> str | None:
+    """What is wrong with the query options (and the database from the path), or None."""
     options = URL_OPTIONS[scheme]
     seen: set[str] = set()
-    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
         if name not in options:
             return (f"unknown option {name!r} for {scheme}:// (known: "
                     f"{', '.join(sorted(options))})")
@@ -149,6 +183,49 @@ def url_problem(url: str) -> str | None:
         if problem:
             return problem
     return None
+
+
+def _split_multi_node(rest: str) -> tuple[str, str, str, str]:
+    """(user part, host list, path without its first /, query) of what follows `://`."""
+    before, _, query = rest.partition("?")
+    authority, _, path = before.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    return (userinfo if at else ""), hosts, path, query
+
+
+def _multi_node_problem(scheme: str, rest: str) -> str | None:
+    """url_problem for the Sentinel and Cluster schemes: a host list, then the master's
+    name and database (Sentinel) or nothing but `/` (Cluster: database 0 only)."""
+    sentinel = scheme.endswith("+sentinel")
+    form = _SENTINEL_FORM if sentinel else _CLUSTER_FORM
+    _, hosts, path, query = _split_multi_node(rest)
+    if not hosts:
+        return f"no host: write {form}"
+    for number, host in enumerate(hosts.split(","), 1):
+        if not host:
+            return (f"bad host list {hosts!r}: entry {number} is empty (hosts are separated "
+                    f"by single commas: {form})")
+        problem = _host_problem(host)
+        if problem:
+            if problem.startswith("no host"):
+                problem = f"{host!r} has no host name"
+            return f"host {number} of the list: {problem}"
+    database: str | None = None
+    if sentinel:
+        name, _, database = path.partition("/")
+        if not name:
+            return f"no master name: write {form} (the name in `sentinel monitor NAME ...`)"
+        if not name.isprintable() or any(char in name for char in " %?#,@"):
+            return f"master name {name!r} has a character Sentinel names do not"
+        if "/" in database:
+            return f"the path /{path} is not /MASTER-NAME or /MASTER-NAME/DB"
+        if database and not database.isdigit():
+            return f"database {database!r} (after the master name) is not a database number"
+        database = database or None
+    elif path not in ("", "0"):
+        return (f"the path /{path}: a cluster has database 0 only; end the URL with / "
+                f"({form})")
+    return _options_problem(scheme, query, database)
 
 
 def _host_problem(host: str) -> str | None:
@@ -197,35 +274,190 @@ _RETRY = RetryUnlessRefused if "is_retryable" in inspect.signature(
     Retry.call_with_retry).parameters else Retry
 
 
+# -- Sentinel and Cluster URLs, parsed -------------------------------------------------------
+
+_FLOAT_OPTIONS = ("socket_timeout", "socket_connect_timeout")
+_BOOL_OPTIONS = ("socket_keepalive", "ssl_check_hostname")
+
+
+@dataclass(frozen=True)
+class MultiNodeUrl:
+    """What a `redis+sentinel://` or `redis+cluster://` URL says (a valid one)."""
+
+    mode: str  # "sentinel" or "cluster"
+    tls: bool
+    nodes: tuple[tuple[str, int], ...]
+    master_name: str | None
+    db: int
+    options: dict[str, Any]  # redis-py keyword arguments for the data nodes
+    sentinel_options: dict[str, Any]  # for the sentinels' own connections
+
+    @classmethod
+    def parse(cls, url: str) -> MultiNodeUrl:
+        check_url(url)
+        scheme, _, rest = url.partition("://")
+        scheme = scheme.lower()
+        mode = scheme.partition("+")[2]
+        userinfo, hosts, path, query = _split_multi_node(rest)
+        default_port = SENTINEL_PORT if mode == "sentinel" else CLUSTER_PORT
+        nodes = tuple(_host_and_port(host, default_port) for host in hosts.split(","))
+        options: dict[str, Any] = {}
+        if userinfo:
+            user, colon, password = userinfo.partition(":")
+            if user:
+                options["username"] = urllib.parse.unquote(user)
+            if colon:
+                options["password"] = urllib.parse.unquote(password)
+        sentinel_options: dict[str, Any] = {}
+        for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+            typed: Any = value
+            if name in _FLOAT_OPTIONS:
+                typed = float(value)
+            elif name == "health_check_interval":
+                typed = int(value)
+            elif name in _BOOL_OPTIONS:
+                typed = value.lower() in _TRUE
+            if name.startswith("sentinel_"):
+                sentinel_options[name[len("sentinel_"):]] = typed
+            else:
+                options[name] = typed
+        master_name, _, database = path.partition("/")
+        db = int(options.pop("db", None) or database or 0)
+        if scheme.startswith("rediss"):
+            options["ssl"] = True
+        return cls(mode=mode, tls=scheme.startswith("rediss"), nodes=nodes,
+                   master_name=urllib.parse.unquote(master_name) if mode == "sentinel"
+                   else None, db=db, options=options, sentinel_options=sentinel_options)
+
+
+def _host_and_port(host: str, default_port: int) -> tuple[str, int]:
+    if host.startswith("["):
+        name, _, port = host[1:].partition("]")
+        port = port[1:]
+    else:
+        name, _, port = host.partition(":")
+    return name, int(port) if port else default_port
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The master's pool behind Sentinel that waits for a free connection when all
+    `max_connections` are busy (as the single-server pool does) instead of failing."""
+
+
 class SharedClient:
-    """A redis-py client and its pool, counted by the transports using it."""
+    """A redis-py client and its pool, counted by the transports using it.
+
+    `mode` is "server" (one Redis), "sentinel" (the master a Sentinel set names, followed
+    through failovers by redis-py's Sentinel pool) or "cluster" (redis-py's RedisCluster)."""
 
     def __init__(self, url: str, max_connections: int, socket_timeout: float | None) -> None:
         check_url(url)
         self.url = url
-        options: dict[str, Any] = {}
-        if not url.lower().startswith("unix://"):
+        self.max_connections = max_connections
+        scheme = url.partition("://")[0].lower()
+        self.mode = scheme.partition("+")[2] or "server"
+        self.sentinel: Sentinel | None = None
+        self.pool: redis.ConnectionPool | None = None
+        self.target: MultiNodeUrl | None = None
+        defaults: dict[str, Any] = {
+            "socket_connect_timeout": 2,
+            "socket_timeout": socket_timeout,
+            "health_check_interval": 30,
+            "retry": _RETRY(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        }
+        if scheme != "unix":
             # TCP only: redis-py's unix socket connection refuses it (a TypeError per command).
-            options["socket_keepalive"] = True
-        self.pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=None,
-            socket_connect_timeout=2,
-            socket_timeout=socket_timeout,
-            health_check_interval=30,
-            retry=_RETRY(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            **options,
-        )
-        self.client = redis.Redis(connection_pool=self.pool)
+            defaults["socket_keepalive"] = True
+        self.client: Any
+        if self.mode == "server":
+            self.pool = redis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=None, **defaults)
+            self.client = redis.Redis(connection_pool=self.pool)
+        elif self.mode == "sentinel":
+            self.target = MultiNodeUrl.parse(url)
+            self.connection_kwargs = {**defaults, "db": self.target.db,
+                                      **self.target.options}
+            self.sentinel = Sentinel(list(self.target.nodes),
+                                     sentinel_kwargs=self._sentinel_kwargs(),
+                                     **self.connection_kwargs)
+            assert self.target.master_name is not None
+            self.client = self.sentinel.master_for(
+                self.target.master_name, connection_pool_class=_BlockingSentinelPool,
+                max_connections=max_connections, timeout=None)
+            self.pool = self.client.connection_pool
+        else:
+            self.target = MultiNodeUrl.parse(url)
+            defaults.pop("retry_on_error")  # the cluster client retries by its own rules
+            self.connection_kwargs = {**defaults, **self.target.options}
+            self.client = self._cluster(max_connections, **self.connection_kwargs)
         self.users = 0
+
+    def _sentinel_kwargs(self) -> dict[str, Any]:
+        """How to reach the sentinels: their own credentials (`sentinel_username`,
+        `sentinel_password`), the URL's timeouts and TLS settings, and a finite socket
+        timeout, so a sentinel that stops answering cannot hold up master discovery."""
+        assert self.target is not None
+        data = self.target.options
+        kwargs = {name: value for name, value in data.items()
+                  if name.startswith(("socket_", "ssl"))}
+        kwargs.setdefault("socket_connect_timeout", 2)
+        kwargs.setdefault("socket_timeout", 2)
+        kwargs.update(self.target.sentinel_options)
+        return kwargs
+
+    def _cluster(self, max_connections: int, **kwargs: Any) -> RedisCluster:
+        assert self.target is not None
+        return RedisCluster(startup_nodes=[ClusterNode(host, port)
+                                           for host, port in self.target.nodes],
+                            max_connections=max_connections, **kwargs)
+
+    def blocking_client(self) -> Any:
+        """A client with a connection of its own, outside the shared pool, for blocking
+        reads (BLMPOP, XREADGROUP BLOCK), with no socket timeout (a long wait is not a
+        stalled server). On Sentinel it asks the sentinels for the master whenever it
+        connects, so after a failover it follows the new master; on a cluster it is a
+        cluster client of its own whose commands go to the node owning their key."""
+        if self.mode == "server":
+            assert self.pool is not None
+            kwargs = dict(self.pool.connection_kwargs)
+            kwargs["socket_timeout"] = None
+            own = redis.ConnectionPool(connection_class=self.pool.connection_class,
+                                       max_connections=1, **kwargs)
+            return redis.Redis(connection_pool=own, single_connection_client=True)
+        if self.mode == "sentinel":
+            assert self.sentinel is not None and self.target is not None
+            assert self.target.master_name is not None
+            pool = SentinelConnectionPool(self.target.master_name, self.sentinel,
+                                          **{**self.connection_kwargs, "socket_timeout": None,
+                                             "max_connections": 1})
+            return redis.Redis(connection_pool=pool, single_connection_client=True)
+        # One connection per node is enough for one reader's sequential commands; a
+        # second one covers a topology refresh while the read waits.
+        return self._cluster(2, **{**self.connection_kwargs, "socket_timeout": None})
+
+    async def node_client_for_key(self, key: str) -> redis.Redis:
+        """Cluster only: a plain client with one connection of its own to the master that
+        owns `key`'s slot now, for a blocking read of several keys of one slot on one
+        node. It does not follow MOVED: after a resharding or failover, drop it and ask
+        again (the cluster client learns the new owner from its own errors)."""
+        if self.mode != "cluster":
+            raise TypeError("node_client_for_key is for redis+cluster:// URLs")
+        cluster: RedisCluster = self.client
+        if not cluster.get_nodes():
+            await cluster.initialize()
+        node = cluster.get_node_from_key(key)
+        kwargs = {**self.connection_kwargs, "socket_timeout": None}
+        kwargs.pop("health_check_interval", None)
+        return redis.Redis(host=node.host, port=node.port, single_connection_client=True,
+                           **kwargs)
 
     async def close(self) -> None:
         await self.client.aclose()
-        await self.pool.disconnect()
-
-
+        if self.pool is not None:
+            await self.pool.disconnect()
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
 async def acquire(url: str, max_connections: int = 64,
                   socket_timeout: float | None = None) -> SharedClient:
     loop = asyncio.get_running_loop()
@@ -258,10 +490,11 @@ async def redis_call(url: str, what: str, call: Callable[[], Awaitable[T]]) -> T
     except AuthenticationError as exc:  # a ConnectionError to redis-py, but not "unreachable"
         raise TransportError(f"{what}: Redis at {redact(url)} refused the credentials ({exc}); "
                              "check the user and password in the URL") from None
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, RedisClusterUnreachableError,
+            OSError) as exc:
         raise TransportUnavailable(f"{what}: Redis at {redact(url)} is unreachable ({exc})") \
             from None
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:  # the latter: cross-slot keys, etc.
         raise TransportError(f"{what}: Redis at {redact(url)} refused: {exc}") from None
 
 
@@ -274,25 +507,23 @@ class BlockingClient:
         self._client: redis.Redis | None = None
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> Any:
         if self._client is None:
             # A connection of its own, outside the shared pool: a blocked read never takes a
             # pooled connection away from the commands that need one (max_connections).
-            pool = self.shared.pool
-            kwargs = dict(pool.connection_kwargs)
-            kwargs["socket_timeout"] = None  # a blocked read is not a stalled server
-            own = redis.ConnectionPool(connection_class=pool.connection_class,
-                                       max_connections=1, **kwargs)
-            self._client = redis.Redis(connection_pool=own, single_connection_client=True)
+            self._client = self.shared.blocking_client()
         return self._client
 
     async def reset(self) -> None:
-        """Drop the connection (after an error or a cancelled read left it unusable)."""
+        """Drop the connection (after an error or a cancelled read left it unusable, or a
+        failover moved the master: the next one asks the sentinels again)."""
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
-                await client.connection_pool.disconnect()
+                pool = getattr(client, "connection_pool", None)  # a cluster client has none
+                if pool is not None:
+                    await pool.disconnect()
 
     async def close(self) -> None:
         await self.reset()
