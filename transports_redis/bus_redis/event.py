@@ -21,7 +21,8 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from bus_core.errors import MessageTooLarge
+from bus_core.errors import ConfigError, MessageTooLarge, TransportError
+from bus_core.logs import Throttle
 from bus_core.messages import (
     EventMessage,
     describe,
@@ -32,7 +33,7 @@ from bus_core.messages import (
 )
 from bus_core.transports import EventConsumer, EventDelivery, EventTransport
 from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
-from bus_redis.connection import BlockingClient, redis_call
+from bus_redis.connection import BlockingClient, redact, redis_call
 
 logger = logging.getLogger("bus.redis.event")
 METADATA_FIELDS = ("id", "api_name", "event_name", "version")
@@ -56,6 +57,18 @@ OPTIONS = {
             "description": "seconds a listener group's consumer may sit idle holding nothing "
                            "before a starting worker deletes it (null: never)"},
         "dead_letter_suffix": {"type": "string", "minLength": 1},
+        "min_replicas": {
+            "type": "integer", "minimum": 0,
+            "description": "a fire returns only once this many replicas have the entry "
+                           "(WAIT after the XADD); 0: as soon as the master has it"},
+        "min_replicas_timeout": {
+            "type": "number", "exclusiveMinimum": 0,
+            "description": "seconds a fire waits for min_replicas before it fails"},
+        "min_replicas_for_acks": {
+            "type": "boolean",
+            "description": "also WAIT for min_replicas after acknowledging handled events "
+                           "(a warning when they do not confirm: fewer redeliveries after a "
+                           "failover)"},
     },
 }
 
@@ -75,6 +88,11 @@ for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
 end
 return removed
 """
+
+
+class ReplicationNotConfirmed(TransportError):
+    """A fire with `min_replicas`: the master has the entry, but fewer replicas than asked
+    confirmed it in time, so a failover now could lose it. Firing again may duplicate it."""
 
 
 def _text(value: bytes | str) -> str:
@@ -103,8 +121,20 @@ class RedisEventTransport(RedisTransport, EventTransport):
     def __init__(self, *, stream_use: str = "per_api", max_stream_length: int | None = 100_000,
                  batch_size: int = 100, blocking_timeout: float = 5.0, claim_idle: float = 60.0,
                  reclaim_interval: float | None = None, dead_letter_suffix: str = ":dead",
-                 forget_consumers_after: float | None = 3600.0, **kwargs: Any) -> None:
+                 forget_consumers_after: float | None = 3600.0, min_replicas: int = 0,
+                 min_replicas_timeout: float = 1.0, min_replicas_for_acks: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if min_replicas and self.socket_timeout is not None \
+                and self.socket_timeout <= min_replicas_timeout:
+            raise ConfigError(f"event transport at {redact(self.url)}: socket_timeout "
+                              f"({self.socket_timeout}s) must be longer than "
+                              f"min_replicas_timeout ({min_replicas_timeout}s): WAIT holds "
+                              "the reply that long")
+        self.min_replicas = min_replicas
+        self.min_replicas_timeout = min_replicas_timeout
+        self.min_replicas_for_acks = min_replicas_for_acks
+        self._unconfirmed_acks = Throttle(logger)
         self.stream_use = stream_use
         self.max_stream_length = max_stream_length
         self.batch_size = batch_size
@@ -204,21 +234,38 @@ class RedisEventTransport(RedisTransport, EventTransport):
     # -- publishing ----------------------------------------------------------------------
 
     async def send_event(self, message: EventMessage) -> None:
-        item = (self.stream_name(message.api_name, message.event_name), self.encode(message))
-        entry_id = await redis_call(self.url, f"cannot fire {message.canonical_name}",
-                                    lambda: self._batcher.submit(item))
-        message.native_id = _text(entry_id)
+        stream = self.stream_name(message.api_name, message.event_name)
+        item = (stream, self.encode(message))
+        reply = await redis_call(self.url, f"cannot fire {message.canonical_name}",
+                                 lambda: self._batcher.submit(item))
+        replicas = None
+        if self.min_replicas:
+            reply, replicas = reply
+        message.native_id = _text(reply)
         message.time = datetime_from_stream_id(message.native_id)
+        if replicas is not None and replicas < self.min_replicas:
+            raise ReplicationNotConfirmed(
+                f"cannot confirm {message.canonical_name}: it was written on the master at "
+                f"{redact(self.url)} (entry {message.native_id} of {stream}) but only "
+                f"{replicas} of the {self.min_replicas} replica(s) asked for (min_replicas) "
+                f"confirmed it within {self.min_replicas_timeout:g}s; a failover now may "
+                "lose it, and firing it again may deliver it twice")
 
     async def _send_batch(self, events: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+        """XADD each event; with min_replicas, WAIT on the same connection (one pipeline)
+        and return (entry id, replicas that confirmed) pairs instead of entry ids."""
         maxlen = self.max_stream_length or None
-        if len(events) == 1:  # a pipeline of one only costs more
+        if len(events) == 1 and not self.min_replicas:  # a pipeline of one only costs more
             stream, fields = events[0]
             return [await self.redis.xadd(stream, fields, maxlen=maxlen, approximate=True)]
         pipe = self.redis.pipeline(transaction=False)
         for stream, fields in events:
             pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
-        return list(await pipe.execute())
+        if not self.min_replicas:
+            return list(await pipe.execute())
+        pipe.wait(self.min_replicas, max(1, int(self.min_replicas_timeout * 1000)))
+        *entry_ids, replicas = await pipe.execute()
+        return [(entry_id, int(replicas)) for entry_id in entry_ids]
 
     # -- consuming -----------------------------------------------------------------------
 
@@ -534,17 +581,29 @@ class RedisEventConsumer(EventConsumer):
             self._retries.pop((delivery.stream, delivery.native_id), None)
             self._outstanding.discard((delivery.stream, delivery.native_id))
 
+        transport = self.transport
+        wait_for = transport.min_replicas if transport.min_replicas_for_acks else 0
+
         async def ack() -> None:
-            if len(by_stream) == 1:  # one stream: one XACK, no pipeline
+            if len(by_stream) == 1 and not wait_for:  # one stream: one XACK, no pipeline
                 ((stream, ids),) = by_stream.items()
-                await self.transport.redis.xack(stream, self.group, *ids)
+                await transport.redis.xack(stream, self.group, *ids)
                 return
-            pipe = self.transport.redis.pipeline(transaction=False)
+            pipe = transport.redis.pipeline(transaction=False)
             for stream, ids in by_stream.items():
                 pipe.xack(stream, self.group, *ids)
-            await pipe.execute()
+            if wait_for:
+                pipe.wait(wait_for, max(1, int(transport.min_replicas_timeout * 1000)))
+            replies = await pipe.execute()
+            if wait_for and int(replies[-1]) < wait_for:
+                # Acknowledged on the master: a failover now may only bring them back.
+                transport._unconfirmed_acks.warning(
+                    "acknowledging %d event(s) of %s: %d of the %d replica(s) asked for "
+                    "confirmed within %gs; after a failover they may be delivered again",
+                    len(deliveries), self.group, int(replies[-1]), wait_for,
+                    transport.min_replicas_timeout)
 
-        await redis_call(self.transport.url, "cannot acknowledge events", ack)
+        await redis_call(transport.url, "cannot acknowledge events", ack)
 
     async def redeliver(self, delivery: EventDelivery, delay: float) -> None:
         # It stays pending under this consumer; XCLAIM hands it back when due. Should this
