@@ -36,6 +36,7 @@ class RedisServer:
     extra: tuple[str, ...] = ()
     tls: tuple[Path, Path] | None = None  # (certificate, key): serve TLS only
     unix_socket: Path | None = None  # listen on this socket only, no TCP port
+    password: str | None = None  # requirepass (and masterauth), known to client()
 
     @property
     def url(self) -> str:
@@ -59,7 +60,9 @@ class RedisServer:
         self.process = subprocess.Popen(
             [binary, *ports, "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.folder), "--protected-mode", "no",
-             "--logfile", str(self.folder / "redis.log"), *self.extra],
+             "--logfile", str(self.folder / "redis.log"), *self.extra,
+             *(("--requirepass", self.password, "--masterauth", self.password)
+               if self.password else ())],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = self.client(socket_connect_timeout=0.2)
@@ -89,6 +92,8 @@ class RedisServer:
         self.process = None
 
     def client(self, **options: Any) -> redis.Redis:
+        if self.password is not None:
+            options.setdefault("password", self.password)
         if self.unix_socket is not None:
             return redis.Redis(unix_socket_path=str(self.unix_socket), **options)
         if self.tls:

@@ -52,6 +52,8 @@ class SentinelProcess:
     master_name: str = MASTER_NAME
     down_after_ms: int = 500
     failover_timeout_ms: int = 2000
+    password: str | None = None  # the sentinel's own (requirepass)
+    master_password: str | None = None  # what it sends to the master and replicas
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -65,7 +67,11 @@ class SentinelProcess:
             f"sentinel monitor {name} {host} {port} 2",
             f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
             f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
-            f"sentinel parallel-syncs {name} 1", "",
+            f"sentinel parallel-syncs {name} 1",
+            *([f"requirepass {self.password}"] if self.password else []),
+            *([f"sentinel auth-pass {name} {self.master_password}"]
+              if self.master_password else []),
+            "",
         ]))
         binary = shutil.which("redis-server")
         if binary is None:
@@ -76,7 +82,8 @@ class SentinelProcess:
             wait_for(client.ping, f"sentinel on port {self.port}", timeout=10)
 
     def client(self, **options: Any) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, **options)
+        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True,
+                           password=self.password, **options)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -99,31 +106,43 @@ class SentinelSet:
     master_name: str = MASTER_NAME
     down_after_ms: int = 500
     failover_timeout_ms: int = 2000
+    password: str | None = None  # requirepass of the master and replicas
+    sentinel_password: str | None = None  # requirepass of the sentinels
     master: RedisServer | None = None
     replicas: list[RedisServer] = field(default_factory=list)
     sentinels: list[SentinelProcess] = field(default_factory=list)
 
     def url(self, db: int = 0, query: str = "") -> str:
+        """The redis+sentinel:// URL of this set, with its passwords."""
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{self.master_name}/{db}" + (f"?{query}" if query
-                                                                       else "")
+        auth = f":{self.password}@" if self.password else ""
+        if self.sentinel_password:
+            query = "&".join(filter(None, [f"sentinel_password={self.sentinel_password}",
+                                           query]))
+        return (f"redis+sentinel://{auth}{hosts}/{self.master_name}/{db}"
+                + (f"?{query}" if query else ""))
+
+    def data_client(self, server: RedisServer, **options: Any) -> redis.Redis:
+        return server.client(**options)
 
     def start(self) -> SentinelSet:
         # No 5 s wait before a full sync (the default delay gathers replicas for one RDB).
-        fast_sync = ("--repl-diskless-sync-delay", "0")
-        self.master = RedisServer(free_port(), self._dir("master"), extra=fast_sync)
+        fast_sync: tuple[str, ...] = ("--repl-diskless-sync-delay", "0")
+        self.master = RedisServer(free_port(), self._dir("master"), extra=fast_sync,
+                                  password=self.password)
         self.master.start()
         for n in range(self.replica_count):
             replica = RedisServer(free_port(), self._dir(f"replica{n}"),
                                   extra=(*fast_sync, "--replicaof", "127.0.0.1",
-                                         str(self.master.port)))
+                                         str(self.master.port)), password=self.password)
             replica.start()
             self.replicas.append(replica)
         self.wait_replicated(self.master, self.replica_count)
         for n in range(self.sentinel_count):
             sentinel = SentinelProcess(free_port(), self._dir(f"sentinel{n}"),
                                        ("127.0.0.1", self.master.port), self.master_name,
-                                       self.down_after_ms, self.failover_timeout_ms)
+                                       self.down_after_ms, self.failover_timeout_ms,
+                                       self.sentinel_password, self.password)
             sentinel.start()
             self.sentinels.append(sentinel)
         self.wait_settled()
@@ -136,7 +155,7 @@ class SentinelSet:
 
     def wait_replicated(self, master: RedisServer, count: int) -> None:
         """Until `master` has `count` replicas online."""
-        with master.client() as client:
+        with self.data_client(master) as client:
             wait_for(lambda: _info(client, "replication").get("connected_slaves", 0) >= count
                      and all(_info(client, "replication").get(f"slave{n}", {}).get("state")
                              == "online" for n in range(count)),
@@ -183,7 +202,8 @@ class SentinelSet:
             host, port = self.master_address()
             if port == old_port:
                 return None
-            with redis.Redis(host=host, port=port, socket_timeout=1) as client:
+            with redis.Redis(host=host, port=port, socket_timeout=1,
+                             password=self.password) as client:
                 if _info(client, "replication").get("role") != "master":
                     return None
             return host, port
