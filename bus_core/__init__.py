@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bus_core.api import Api, Event, Parameter
+from bus_core.api import Api, Event, Parameter, rpc
 from bus_core.client import Bus, BusClient
 from bus_core.config import Config, load_config
 from bus_core.errors import (
@@ -29,6 +29,7 @@ from bus_core.errors import (
     PluginError,
     RemoteError,
     RpcTimeout,
+    RpcWorkerLost,
     TransportError,
     TransportNotFound,
     TransportUnavailable,
@@ -47,9 +48,9 @@ __all__ = [
     "InvalidApi", "InvalidArguments", "InvalidMessage", "MalformedMessage", "MessageTooLarge",
     "Parameter",
     "PluginError", "PluginManager", "RemoteError", "ResultMessage", "RpcMessage", "RpcTimeout",
-    "TransportError", "TransportNotFound", "TransportUnavailable", "UnknownApi", "UnknownEvent",
-    "UnknownRpc",
-    "WireError", "__version__", "create", "hookimpl",
+    "RpcWorkerLost", "TransportError", "TransportNotFound", "TransportUnavailable",
+    "UnknownApi", "UnknownEvent", "UnknownRpc",
+    "WireError", "__version__", "create", "hookimpl", "rpc",
 ]
 
 

@@ -105,6 +105,7 @@ class RpcDefinition:
     accepts_extra: bool  # the method takes **kwargs
     return_type: Any
     doc: str | None
+    idempotent: bool = False  # @rpc(idempotent=True): safe to run again if a worker dies
 
     def parameter(self, name: str) -> Parameter | None:
         return next((p for p in self.parameters if p.name == name), None)
@@ -129,6 +130,51 @@ class ApiDefinition:
     rpcs: dict[str, RpcDefinition]
     events: dict[str, EventDefinition]
     doc: str | None
+
+
+_RPC_OPTIONS = "__bus_rpc__"  # the attribute @rpc sets on a method: its options, a dict
+
+F = typing.TypeVar("F", bound=Callable[..., Any])
+
+
+@typing.overload
+def rpc(method: F, /) -> F: ...
+
+
+@typing.overload
+def rpc(*, idempotent: bool = False) -> Callable[[F], F]: ...
+
+
+def rpc(method: Any = None, /, *, idempotent: bool = False) -> Any:
+    """Decorator for an RPC method of an Api class, to declare how it may be run.
+
+    `idempotent=True`: running the call twice does no more harm than running it once, so if
+    the worker running it dies, the caller re-queues it for another worker instead of
+    raising RpcWorkerLost. Without it (and without `apis.<api>.idempotent_rpcs` naming it),
+    a call is never run twice. `@rpc` alone changes nothing: every public method is an RPC.
+
+        class StockApi(Api):
+            class Meta:
+                name = "stock"
+
+            @rpc(idempotent=True)
+            def level(self, sku: str) -> int: ...
+    """
+    def decorate(function: F) -> F:
+        if not callable(function):
+            raise InvalidApi(f"@rpc decorates a method, not {function!r}")
+        if not isinstance(idempotent, bool):
+            raise InvalidApi(f"@rpc(idempotent=...) takes True or False, got {idempotent!r}")
+        options = dict(getattr(function, _RPC_OPTIONS, None) or {})
+        options["idempotent"] = idempotent
+        setattr(function, _RPC_OPTIONS, options)
+        return function
+
+    if method is not None:
+        if isinstance(method, bool):
+            raise InvalidApi("write @rpc(idempotent=True), with the keyword")
+        return decorate(method)
+    return decorate
 
 
 def rpc_definition(name: str, method: Callable[..., Any]) -> RpcDefinition:
@@ -161,6 +207,7 @@ def rpc_definition(name: str, method: Callable[..., Any]) -> RpcDefinition:
         accepts_extra=accepts_extra,
         return_type=hints.get("return", Any),
         doc=inspect.getdoc(method),
+        idempotent=bool((getattr(method, _RPC_OPTIONS, None) or {}).get("idempotent")),
     )
 
 
@@ -202,7 +249,13 @@ class Api:
                 if isinstance(value, Event):
                     events[attr] = EventDefinition(attr, value.parameters, value.record)
                 elif inspect.isfunction(value):
-                    rpcs[attr] = rpc_definition(attr, value)
+                    defined = rpc_definition(attr, value)
+                    overridden = rpcs.get(attr)
+                    if overridden is not None and overridden.idempotent \
+                            and _RPC_OPTIONS not in vars(value):
+                        # An override without @rpc keeps what its base declared.
+                        defined = dataclasses.replace(defined, idempotent=True)
+                    rpcs[attr] = defined
         for member in (*rpcs, *events):
             if not _MEMBER_NAME.fullmatch(member):
                 raise InvalidApi(f"{cls.__name__}.{member} is not a valid RPC or event name")

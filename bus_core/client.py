@@ -45,6 +45,7 @@ from bus_core.errors import (
     InvalidArguments,
     RemoteError,
     RpcTimeout,
+    RpcWorkerLost,
     UnknownApi,
     UnknownEvent,
     UnknownRpc,
@@ -629,6 +630,16 @@ class BusClient:
                         kwargs)
         return rpc
 
+    def is_idempotent(self, api_name: str, procedure_name: str) -> bool:
+        """Whether a call of `api_name.procedure_name` may run again when the worker running
+        it dies: the config says so (`apis.<api>.idempotent`, `idempotent_rpcs`), or the API
+        registered here declares it (`@rpc(idempotent=True)`)."""
+        if self.config.api(api_name).is_idempotent(procedure_name):
+            return True
+        definition = self.api_definition(api_name)
+        rpc = definition.rpcs.get(procedure_name) if definition is not None else None
+        return rpc is not None and rpc.idempotent
+
     async def call_rpc_async(self, api_name: str, procedure_name: str,
                              kwargs: dict[str, Any], bus_options: dict[str, Any] | None = None
                              ) -> Any:
@@ -658,8 +669,16 @@ class BusClient:
         logger.debug("calling %s.%s()", api_name, procedure_name)
         try:
             await rpc_transport.call_rpc(message, timeout=timeout)
-            result = await result_transport.receive_result(message, message.return_path,
-                                                           timeout=timeout)
+            try:
+                result = await result_transport.receive_result(message, message.return_path,
+                                                               timeout=timeout)
+            except RpcWorkerLost as lost:
+                result = await self._after_worker_lost(message, rpc_transport,
+                                                       result_transport, lost,
+                                                       timeout - (now() - started))
+        except RpcWorkerLost as lost:
+            await self.hooks.after_rpc_call(self, message, None, lost, now() - started)
+            raise
         except (TimeoutError, asyncio.TimeoutError):
             error: BaseException = RpcTimeout(
                 rpc_timeout_message(api_name, procedure_name, timeout, timeout_source))
@@ -689,6 +708,38 @@ class BusClient:
                 raise WireError(f"{message.canonical_name}() returned a bad value: {exc}") \
                     from None
         return result.result
+
+    async def _after_worker_lost(self, message: RpcMessage, rpc_transport: RpcTransport,
+                                 result_transport: ResultTransport, lost: RpcWorkerLost,
+                                 remaining: float) -> ResultMessage:
+        """The worker running `message` died. An idempotent call goes back on the queue
+        (same id, a fresh expiry for the time left) for another worker, as often as workers
+        die within its timeout; any other call fails now with RpcWorkerLost, never run
+        twice."""
+        where = f"{message.api_name}.{message.procedure_name}()"
+        deadline = now() + remaining
+        while True:
+            idempotent = lost.idempotent or self.is_idempotent(message.api_name,
+                                                               message.procedure_name)
+            if not idempotent:
+                raise RpcWorkerLost(
+                    f"{where}: the worker that took the call ({lost.worker or 'unknown'}) "
+                    "stopped before answering (it died, was killed, or gave up the call as "
+                    "it stopped). The call may have run in part or in full; it was not "
+                    f"retried because {where} is not declared idempotent "
+                    f"(@rpc(idempotent=True) or apis.{message.api_name}.idempotent_rpcs)",
+                    worker=lost.worker, idempotent=False) from None
+            if deadline - now() <= 0:
+                raise TimeoutError
+            logger.warning("%s: the worker running call %s (%s) stopped before answering; "
+                           "re-queued for another worker (the RPC is idempotent)", where,
+                           message.id, lost.worker or "unknown")
+            await rpc_transport.call_rpc(message, timeout=max(0.001, deadline - now()))
+            try:
+                return await result_transport.receive_result(
+                    message, message.return_path, timeout=max(0.0, deadline - now()))
+            except RpcWorkerLost as again:
+                lost = again
 
     def call_rpc(self, api_name: str, procedure_name: str, kwargs: dict[str, Any],
                  bus_options: dict[str, Any] | None = None) -> Any:

@@ -50,6 +50,8 @@ API_DEFAULTS: dict[str, Any] = {
     "redelivery_delay": 1.0,
     "validate": True,
     "strict_validation": False,
+    "idempotent": False,
+    "idempotent_rpcs": [],
 }
 
 BUS_DEFAULTS: dict[str, Any] = {
@@ -115,6 +117,17 @@ def config_schema(plugins: PluginManager | None = None) -> dict[str, Any]:
                 ]
             },
             "strict_validation": {"type": "boolean"},
+            "idempotent": {
+                "type": "boolean",
+                "description": "every RPC of the API may run again: a call whose worker "
+                               "died is re-queued for another worker instead of failing "
+                               "with RpcWorkerLost"},
+            "idempotent_rpcs": {
+                "type": "array", "uniqueItems": True,
+                "items": {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9_]*$"},
+                "description": "names of the API's RPCs that may run again (as "
+                               "@rpc(idempotent=True) declares): re-queued if their worker "
+                               "dies"},
         },
     }
     plugin_sections: dict[str, Any] = {}
@@ -509,6 +522,12 @@ class ApiConfig:
     redelivery_delay: float
     validate: bool | dict[str, bool]
     strict_validation: bool
+    idempotent: bool
+    idempotent_rpcs: list[str]
+
+    def is_idempotent(self, procedure_name: str) -> bool:
+        """Whether the config declares `procedure_name` of this API safe to run twice."""
+        return self.idempotent or procedure_name in self.idempotent_rpcs
 
     def transport(self, kind: str) -> tuple[str, dict[str, Any]]:
         """(name, options) of the transport of `kind` for this API."""

@@ -58,6 +58,23 @@ class RpcTimeout(BusError, TimeoutError):
     """No result arrived for an RPC within its timeout."""
 
 
+class RpcWorkerLost(RpcTimeout):
+    """The worker that took an RPC stopped (died, was killed, or abandoned the call when it
+    stopped) before answering, so no result will come: raised well before the timeout.
+
+    The call may have run in part or in full: its effects may or may not have happened. An
+    RPC declared idempotent (`@rpc(idempotent=True)`, `apis.<api>.idempotent_rpcs`) is
+    re-queued for another worker instead, so its caller sees this only when time ran out.
+    A subclass of RpcTimeout: code that handles a timeout handles this too; catch it first
+    to tell the two apart. `worker` names the lost worker; `idempotent` says whether that
+    worker declared the RPC idempotent."""
+
+    def __init__(self, message: str, *, worker: str = "", idempotent: bool = False) -> None:
+        super().__init__(message)
+        self.worker = worker
+        self.idempotent = idempotent
+
+
 class RemoteError(BusError):
     """The remote procedure raised; carries the remote type, message and traceback."""
 

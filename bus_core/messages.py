@@ -44,6 +44,10 @@ class RpcMessage:
     kwargs: dict[str, Any]
     id: str = field(default_factory=new_message_id)
     return_path: str = ""
+    # Set by an RPC consumer that recorded which worker took the call (so its caller can
+    # tell if that worker dies); the result transport then ends the record with the result.
+    # Never on the wire.
+    claim_recorded: bool = False
 
     @property
     def canonical_name(self) -> str:

@@ -116,7 +116,14 @@ def decode_call(serializer: Serializer, data: bytes | str) -> RpcMessage | Malfo
 
 
 class RpcConsumer(abc.ABC):
-    """Receives calls for a set of APIs (one worker's share of the queues)."""
+    """Receives calls for a set of APIs (one worker's share of the queues).
+
+    A consumer that can tell callers which worker took their calls (so that a caller whose
+    worker dies learns it before its timeout: `RpcWorkerLost`) passes on, for each call,
+    whether it is in `idempotent_rpcs`: (api, rpc) pairs the worker declares safe to run
+    again. The worker sets it right after `open_consumer`."""
+
+    idempotent_rpcs: frozenset[tuple[str, str]] = frozenset()
 
     @abc.abstractmethod
     async def receive(self, limit: int) -> Sequence[RpcMessage | MalformedRpc]:
@@ -183,7 +190,12 @@ class ResultTransport(Transport):
     @abc.abstractmethod
     async def receive_result(self, rpc_message: RpcMessage, return_path: str,
                              timeout: float) -> ResultMessage:
-        """Wait for the result of `rpc_message`; raise `TimeoutError` after `timeout` s."""
+        """Wait for the result of `rpc_message`; raise `TimeoutError` after `timeout` s.
+
+        A transport that can tell raises `bus_core.errors.RpcWorkerLost` as soon as it
+        knows the worker that took the call stopped without answering (its `idempotent`
+        saying whether that worker declared the RPC safe to run again). The caller may then
+        queue the same message again and call this again for the time left."""
 
 
 @dataclass(slots=True)

@@ -191,6 +191,10 @@ class Worker:
                 consumer = await self._opened(f"RPCs of {', '.join(api_names)}",
                                               lambda t=transport, n=api_names:
                                               t.open_consumer(n))
+                consumer.idempotent_rpcs = frozenset(
+                    (api_name, name) for api_name in api_names
+                    for name in client.apis[api_name].definition.rpcs
+                    if client.is_idempotent(api_name, name))
                 self._consumers.append(consumer)
                 limit = min(client.config.api(n).max_concurrent_rpcs for n in api_names)
                 self._spawn_loop(f"rpcs:{','.join(api_names)}",

@@ -145,6 +145,9 @@ class Stream:
                              "'0' (the beginning), a datetime, or an entry id") from None
 
 
+MAX_LOST_CALLS = 10_000  # lost-call notes kept for callers that have not asked yet
+
+
 class MemoryBroker:
     """Queues, results, streams and schemas of one named in-process bus."""
 
@@ -162,6 +165,10 @@ class MemoryBroker:
         self.schemas: dict[str, tuple[bytes, float | None]] = {}
         self.locks: dict[str, tuple[str, float]] = {}  # key -> (owner, monotonic expiry)
         self._consumer_ids = itertools.count(1)
+        # Calls a consumer took and has not answered: result key -> (consumer, idempotent);
+        # and those whose consumer closed first: result key -> (consumer, idempotent).
+        self.claims: dict[str, tuple[str, bool]] = {}
+        self.lost_calls: dict[str, tuple[str, bool]] = {}
 
     # -- RPC ----------------------------------------------------------------------------
 
@@ -187,6 +194,35 @@ class MemoryBroker:
                         taken.append(data)
         return taken, dropped
 
+    def claim_calls(self, consumer: str, claims: Iterable[tuple[str, bool]]) -> None:
+        """Record that `consumer` took the calls answered on these result keys (with
+        whether it declares each idempotent), until their results are put."""
+        with self.lock:
+            for key, idempotent in claims:
+                self.claims[key] = (consumer, idempotent)
+
+    def release_claims(self, consumer: str) -> int:
+        """`consumer` closed: each call it took and did not answer is lost; its waiting
+        caller is woken to learn so (see `take_lost`). Returns how many."""
+        woken: list[_Waiters] = []
+        with self.lock:
+            lost = [key for key, (owner, _) in self.claims.items() if owner == consumer]
+            for key in lost:
+                self.lost_calls[key] = self.claims.pop(key)
+                waiters = self.result_waiters.pop(key, None)
+                if waiters is not None:
+                    woken.append(waiters)
+            while len(self.lost_calls) > MAX_LOST_CALLS:  # callers that gave up never ask
+                del self.lost_calls[next(iter(self.lost_calls))]
+        for waiters in woken:
+            waiters.wake_all()
+        return len(lost)
+
+    def take_lost(self, key: str) -> tuple[str, bool] | None:
+        """(consumer, idempotent) if the call answered on `key` was lost by its consumer."""
+        with self.lock:
+            return self.lost_calls.pop(key, None)
+
     def queued_calls(self, api_name: str) -> int:
         with self.lock:
             return len(self.rpc_queues.get(api_name, ()))
@@ -200,6 +236,7 @@ class MemoryBroker:
         dropped = 0
         with self.lock:
             self._expire_results()
+            self.claims.pop(key, None)
             previous = self.results.pop(key, None)
             if previous is not None:
                 self._result_bytes -= len(previous[0])

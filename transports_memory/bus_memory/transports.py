@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from bus_core.errors import BusError, MalformedMessage
+from bus_core.errors import BusError, MalformedMessage, RpcWorkerLost
 from bus_core.logs import Throttle
 from bus_core.messages import (
     EventMessage,
@@ -77,9 +77,14 @@ class MemoryRpcTransport(_MemoryTransport, RpcTransport):
 
 
 class MemoryRpcConsumer(RpcConsumer):
+    """Takes calls off the queues of its APIs. Calls it took are claimed in the broker until
+    answered; if it closes first (its worker stopped and abandoned them), their callers get
+    RpcWorkerLost at once (an idempotent one is re-queued by its caller)."""
+
     def __init__(self, transport: MemoryRpcTransport, api_names: list[str]) -> None:
         self.transport = transport
         self.api_names = api_names
+        self.name = transport.broker.new_consumer_id(transport.process_name)
 
     async def receive(self, limit: int) -> Sequence[RpcMessage | MalformedRpc]:
         broker = self.transport.broker
@@ -89,13 +94,24 @@ class MemoryRpcConsumer(RpcConsumer):
                 raw, _dropped = broker.pop_calls(self.api_names, limit)
                 waiter = None if raw else broker.rpc_waiters.add()
             if raw:
-                return [decode_call(self.transport.serializer, data) for data in raw]
+                calls = [decode_call(self.transport.serializer, data) for data in raw]
+                idempotent = self.idempotent_rpcs
+                broker.claim_calls(self.name, [
+                    (call.return_path[len(RETURN_PATH_PREFIX):],
+                     (call.api_name, call.procedure_name) in idempotent)
+                    for call in calls if isinstance(call, RpcMessage)
+                    and call.return_path.startswith(RETURN_PATH_PREFIX)])
+                return calls
             assert waiter is not None
             try:
                 await waiter
             finally:
                 with broker.lock:
                     broker.rpc_waiters.discard(waiter)
+
+    async def close(self) -> None:
+        """Calls taken and not answered are lost: tell their callers now."""
+        self.transport.broker.release_claims(self.name)
 
 
 class MemoryResultTransport(_MemoryTransport, ResultTransport):
@@ -161,9 +177,14 @@ class MemoryResultTransport(_MemoryTransport, ResultTransport):
         while True:
             with broker.lock:
                 data = broker.take_result(key)
-                waiter = broker.result_waiter(key) if data is None else None
+                lost = broker.take_lost(key) if data is None else None
+                waiter = broker.result_waiter(key) if data is None and lost is None else None
             if data is not None:
                 return result_from_blob(self.serializer.loads(data))
+            if lost is not None:
+                raise RpcWorkerLost(f"the worker that took call {rpc_message.id} ({lost[0]}) "
+                                    "stopped before answering", worker=lost[0],
+                                    idempotent=lost[1])
             assert waiter is not None
             timer = loop.call_later(max(0.0, deadline - loop.time()), time_out, waiter)
             try:

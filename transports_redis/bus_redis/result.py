@@ -9,6 +9,14 @@ flight. Lightbus workers answer any return path, so this works against them too.
 Only the two forms callers write are answered, so a call can never make a worker write to
 (or expire) another key: Bus's shared reply list `bus:reply:<process>:<32 hex>` and the
 per-call key `<api>.<rpc>:result:<call id>` of that very call (what Lightbus callers send).
+
+Lost workers (Bus only): a Bus worker records who took each call answered on a shared reply
+list in `bus:claim:<call id>` (see `bus_redis.rpc`) and deletes it with the result. Every
+`worker_check_interval` the reader's companion task looks, for the calls that have waited a
+whole interval, which worker claimed them (one MGET) and whether those workers' liveness
+keys still exist (one pipeline of EXISTS); a call whose worker is gone fails at once with
+RpcWorkerLost, which the client turns into a re-queue for idempotent RPCs. Calls that end
+within an interval cost nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from bus_core.errors import MalformedMessage, TransportError
+from bus_core.errors import MalformedMessage, RpcWorkerLost, TransportError
 from bus_core.logs import Throttle, detached
 from bus_core.messages import (
     ResultMessage,
@@ -43,6 +51,9 @@ from bus_redis.connection import BlockingClient, redact, redis_call
 logger = logging.getLogger("bus.redis.result")
 RETURN_PATH_PREFIX = "redis+key://"
 SHARED_PREFIX = "bus:reply:"
+CLAIM_PREFIX = "bus:claim:"
+WORKER_PREFIX = "bus:worker:"
+MAX_DEAD_WORKERS = 1000  # dead workers remembered (their stale claims are ignored)
 _HEX = frozenset("0123456789abcdef")
 _shared_keys_seen: set[str] = set()  # shared reply keys found valid (a client reuses one)
 
@@ -62,8 +73,18 @@ OPTIONS = {
         "max_unclaimed_bytes": {
             "type": "integer", "minimum": 1024,
             "description": "bytes of such results kept, at most; beyond it the oldest go"},
+        "worker_check_interval": {
+            "type": ["number", "null"], "exclusiveMinimum": 0,
+            "description": "seconds between a caller's checks that the workers running its "
+                           "calls are alive (shared reply list only); null: no checks, "
+                           "calls of a dead worker wait for their timeout"},
     },
 }
+
+
+def claim_key(message_id: str) -> str:
+    """Where a Bus worker records that it took call `message_id` (Bus only)."""
+    return f"{CLAIM_PREFIX}{message_id}"
 
 
 def _shared_key_problem(key: str) -> str | None:
@@ -100,12 +121,15 @@ def key_of(return_path: str) -> str:
 
 
 # Results of a batch of calls: LPUSH each to its return key and set the key's TTL, each on
-# its own (a key someone made a stream fails its reply alone, and is never expired).
-# KEYS: result keys; ARGV[1]: TTL seconds; ARGV[i + 1]: the blob for KEYS[i].
-# Returns, per key, 1 or the error text.
+# its own (a key someone made a stream fails its reply alone, and is never expired); then
+# delete the claim records of the calls answered (their callers stop watching the worker).
+# KEYS: result keys (n), then claim keys; ARGV[1]: TTL seconds; ARGV[i + 1]: the blob for
+# KEYS[i]. Returns, per result key, 1 or the error text.
 REPLY = """
+local n = #ARGV - 1
 local status = {}
-for i, key in ipairs(KEYS) do
+for i = 1, n do
+  local key = KEYS[i]
   local pushed = redis.pcall('LPUSH', key, ARGV[i + 1])
   if type(pushed) == 'table' and pushed.err then
     status[i] = pushed.err
@@ -114,6 +138,7 @@ for i, key in ipairs(KEYS) do
     status[i] = 1
   end
 end
+for i = n + 1, #KEYS do redis.pcall('DEL', KEYS[i]) end
 return status
 """
 
@@ -124,7 +149,7 @@ class RedisResultTransport(RedisTransport, ResultTransport):
 
     def __init__(self, *, result_ttl: float = 60, reply_list: str = "shared",
                  max_unclaimed_results: int = 10_000, max_unclaimed_bytes: int = 16 * 2 ** 20,
-                 **kwargs: Any) -> None:
+                 worker_check_interval: float | None = 0.25, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.result_ttl = int(max(1, result_ttl))
         self.reply_list = reply_list
@@ -139,9 +164,14 @@ class RedisResultTransport(RedisTransport, ResultTransport):
         self._early_bytes = 0
         self._reader: asyncio.Task[None] | None = None
         self._has_blmpop = True
-        self._batcher: Batcher[tuple[str, bytes], Any] = Batcher(self._send_batch)
+        self._batcher: Batcher[tuple[str, bytes, str | None], Any] = Batcher(
+            self._send_batch)
         self._bad_replies = Throttle(logger)
         self._drops = Throttle(logger)
+        self.worker_check_interval = worker_check_interval
+        self._checker: asyncio.Task[None] | None = None
+        self._dead_workers: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._check_failures = Throttle(logger)
 
     @classmethod
     def check_return_path(cls, key: str, call: RpcMessage | MalformedRpc) -> str | None:
@@ -163,7 +193,11 @@ class RedisResultTransport(RedisTransport, ResultTransport):
 
     async def send_result(self, rpc_message: RpcMessage, result_message: ResultMessage,
                           return_path: str) -> None:
-        item = (key_of(return_path), self.serializer.dumps(result_to_blob(result_message)))
+        key = key_of(return_path)
+        # The result ends the record of who took the call (with it, atomically: a caller
+        # never sees a claim by a stopped worker whose result is already on its list).
+        claim = claim_key(rpc_message.id) if rpc_message.claim_recorded else None
+        item = (key, self.serializer.dumps(result_to_blob(result_message)), claim)
         status = await redis_call(
             self.url, f"cannot send the result of {rpc_message.canonical_name}()",
             lambda: self._batcher.submit(item))
@@ -171,11 +205,12 @@ class RedisResultTransport(RedisTransport, ResultTransport):
             raise TransportError(f"the result of {rpc_message.canonical_name}() could not be "
                                  f"written to {preview(item[0])}: {_text(status)}")
 
-    async def _send_batch(self, results: list[tuple[str, bytes]]) -> list[Any]:
+    async def _send_batch(self, results: list[tuple[str, bytes, str | None]]) -> list[Any]:
         """One script run for a batch; each result's own status (1, or Redis's error)."""
+        keys = [key for key, _, _ in results]
+        keys += [claim for _, _, claim in results if claim is not None]
         return list(await self.scripts.run(
-            self.redis, "reply", [key for key, _ in results],
-            [self.result_ttl, *(data for _, data in results)]))
+            self.redis, "reply", keys, [self.result_ttl, *(data for _, data, _ in results)]))
 
     async def receive_result(self, rpc_message: RpcMessage, return_path: str,
                              timeout: float) -> ResultMessage:
@@ -190,6 +225,8 @@ class RedisResultTransport(RedisTransport, ResultTransport):
         future: asyncio.Future[ResultMessage] = loop.create_future()
         self._waiting[rpc_message.id] = future
         self._ensure_reader()
+        if self._checker is None and self.worker_check_interval is not None:
+            self._checker = loop.create_task(detached(self._check_workers()))
         # A timer rather than asyncio.wait_for: no extra task per call in flight.
         timer = loop.call_later(timeout, time_out, future)
         try:
@@ -265,6 +302,73 @@ class RedisResultTransport(RedisTransport, ResultTransport):
         finally:
             await blocking.close()
 
+    async def _check_workers(self) -> None:
+        """While calls wait: every interval, check the calls that were already waiting at
+        the previous check (so calls answered within an interval cost no command)."""
+        interval = self.worker_check_interval or 0.25
+        previous: set[str] = set()
+        try:
+            while self._waiting:
+                await asyncio.sleep(interval)
+                waiting = self._waiting
+                ids = [i for i in previous if i in waiting and not waiting[i].done()]
+                previous = set(waiting)
+                if ids:
+                    try:
+                        await self._check(ids)
+                    except Exception as exc:  # Redis away: decide nothing, try again later
+                        if isinstance(exc, ResponseError) and "NOPERM" in str(exc):
+                            logger.warning(
+                                "cannot check on the workers running RPC calls (%s): calls "
+                                "of a worker that dies wait for their timeout. Grant this "
+                                "Redis user read access to bus:claim:* and bus:worker:* (see "
+                                "the ACL rules of the Redis transport), or set "
+                                "worker_check_interval: null", describe(exc))
+                            self.worker_check_interval = None
+                            return
+                        self._check_failures.warning(
+                            "checking on the workers running RPC calls on %s failed (%s)",
+                            redact(self.url), describe(exc))
+        finally:
+            self._checker = None
+
+    async def _check(self, ids: list[str]) -> None:
+        """Fail each call in `ids` whose claiming worker's liveness key is gone, with
+        RpcWorkerLost. A call with no claim record is still queued (or just answered: the
+        record goes with the result), and is left alone."""
+        claims: list[Any] = []
+        for start in range(0, len(ids), 1000):
+            claims += await self.redis.mget([claim_key(i) for i in ids[start:start + 1000]])
+        by_worker: dict[str, list[tuple[str, bool]]] = {}
+        for call_id, value in zip(ids, claims, strict=True):
+            if not value:
+                continue
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            flag, worker = text[:1], text[1:]
+            if not worker.startswith(WORKER_PREFIX) or len(worker) > 300 \
+                    or worker in self._dead_workers:
+                continue  # not a worker key; or a stale claim of a re-queued call
+            by_worker.setdefault(worker, []).append((call_id, flag == "i"))
+        if not by_worker:
+            return
+        workers = list(by_worker)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker in workers:
+                pipe.exists(worker)
+            alive = await pipe.execute()
+        for worker, exists in zip(workers, alive, strict=True):
+            if exists:
+                continue
+            self._dead_workers[worker] = None
+            while len(self._dead_workers) > MAX_DEAD_WORKERS:
+                self._dead_workers.popitem(last=False)
+            for call_id, idempotent in by_worker[worker]:
+                future = self._waiting.get(call_id)
+                if future is not None and not future.done():
+                    future.set_exception(RpcWorkerLost(
+                        f"the worker that took call {call_id} ({worker}) is gone",
+                        worker=worker, idempotent=idempotent))
+
     async def _blpop_many(self, blocking: BlockingClient) -> Any:
         popped = await blocking.client.blpop([self.reply_key], timeout=1)
         if popped is None:
@@ -315,10 +419,11 @@ class RedisResultTransport(RedisTransport, ResultTransport):
     async def close(self) -> None:
         self._early.clear()
         self._early_bytes = 0
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+        for task in (self._reader, self._checker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await super().close()
 
 

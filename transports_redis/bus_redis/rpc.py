@@ -5,11 +5,22 @@ script, atomically; calls made in the same loop turn share one script run. A wor
 what it has room for from every queue it serves in one BLMPOP (BLPOP + LPOP on Redis < 7),
 then claims them with one Lua script that DELs each expiry key: a call whose key is gone has
 expired (its caller gave up) and is dropped unseen. RPCs are at most once, as in Lightbus.
+
+Worker liveness (Bus only, invisible to Lightbus peers): a consumer keeps a liveness key
+`bus:worker:<process>:<hex>` alive (SET PX `worker_ttl`, refreshed from a thread of its own,
+so a busy event loop never makes a live worker look dead), and the claim script records who
+took each call answered on a shared reply list in `bus:claim:<call id>`. A Bus caller whose
+call is claimed by a worker whose liveness key is gone raises RpcWorkerLost (or re-queues an
+idempotent call) instead of waiting for its timeout: see `bus_redis.result`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +30,8 @@ from bus_core.logs import Throttle
 from bus_core.messages import RpcMessage, rpc_to_blob
 from bus_core.transports import MalformedRpc, RpcConsumer, RpcTransport, decode_call
 from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
-from bus_redis.connection import BlockingClient, redis_call
+from bus_redis.connection import BlockingClient, acquire, redis_call, release
+from bus_redis.result import RETURN_PATH_PREFIX, SHARED_PREFIX, claim_key
 
 OPTIONS = {
     "type": "object",
@@ -28,6 +40,12 @@ OPTIONS = {
         **OPTIONS_SCHEMA,
         "batch_size": {"type": "integer", "minimum": 1},
         "blocking_timeout": {"type": "number", "exclusiveMinimum": 0},
+        "worker_ttl": {
+            "type": ["number", "null"], "minimum": 0.1,
+            "description": "seconds a worker's liveness key outlives its last heartbeat "
+                           "(refreshed 5 times as often): callers learn of a dead worker "
+                           "about this long after it died; null: no liveness key and no "
+                           "claim records (callers of a dead worker wait for their timeout)"},
     },
 }
 
@@ -65,6 +83,47 @@ return alive
 """
 
 
+# Claim a batch, recording who took each call that a Bus caller waits for on a shared reply
+# list: the worker's liveness key is set first (SET PX: alive before any record names it),
+# then `bus:claim:<id>` = flag .. worker key, with the TTL the expiry key had left (the
+# caller's remaining wait). Flag "i": this worker declares the RPC idempotent, "-": not.
+# Records are best effort (pcall): a user whose ACL forbids them still claims its calls;
+# the first refusal stops the recording and is returned after the per-call replies.
+# KEYS: expiry keys (n), the claim key of each (n), the worker's liveness key.
+# ARGV[1]: liveness TTL (ms); ARGV[i + 1]: the flag of call i, or "" to record nothing.
+# Returns, per call, 1 (claimed) or 0 (expired), then 1 or the refusal's text.
+CLAIM_RECORDING = """
+local n = #ARGV - 1
+local worker = KEYS[2 * n + 1]
+local alive = {}
+local live = false
+local refused = nil
+for i = 1, n do
+  local flag = ARGV[i + 1]
+  if flag == '' or refused then
+    alive[i] = redis.call('DEL', KEYS[i])
+  else
+    local ttl = redis.call('PTTL', KEYS[i])
+    alive[i] = redis.call('DEL', KEYS[i])
+    if alive[i] == 1 then
+      if not live then
+        local set = redis.pcall('SET', worker, '1', 'PX', ARGV[1])
+        if type(set) == 'table' and set.err then refused = set.err end
+        live = true
+      end
+      if not refused then
+        if ttl < 1 then ttl = 60000 end
+        local set = redis.pcall('SET', KEYS[n + i], flag .. worker, 'PX', ttl)
+        if type(set) == 'table' and set.err then refused = set.err end
+      end
+    end
+  end
+end
+alive[n + 1] = refused or 1
+return alive
+"""
+
+
 # Take a lock, or extend it for its owner.  KEYS: lock key.  ARGV: owner, ttl (ms).
 LOCK = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
@@ -86,14 +145,74 @@ def lock_key(service_name: str, name: str) -> str:
     return f"bus:lock:{service_name}:{name}"
 
 
+def worker_key(process_name: str) -> str:
+    """A fresh liveness key for one consumer of a worker process (unique even when two
+    processes share a process name)."""
+    return f"bus:worker:{process_name}:{uuid.uuid4().hex[:16]}"
+
+
+class Heartbeat:
+    """Keeps a worker's liveness key alive: SET PX `ttl` every `ttl / 5` seconds, from a
+    thread with an event loop (and connection) of its own, so a blocked or busy worker loop
+    never lets the key lapse while the process lives. Only the process dying, or `stop()`,
+    ends it."""
+
+    def __init__(self, url: str, key: str, ttl: float, socket_timeout: float | None) -> None:
+        self.url = url
+        self.key = key
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self.interval = ttl / 5
+        self.socket_timeout = socket_timeout or ttl
+        self._stopping = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._failures = Throttle(logger)
+        self._thread = threading.Thread(target=self._run, name="bus-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.run(self._beat())
+
+    async def _beat(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        shared = await acquire(self.url, 2, self.socket_timeout)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await shared.client.set(self.key, b"1", px=self.ttl_ms)
+                except Exception as exc:
+                    self._failures.warning("refreshing worker liveness key %s failed (%s); "
+                                           "callers may take this worker for dead", self.key,
+                                           exc)
+                with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.interval)
+        finally:
+            await release(shared)
+
+    async def stop(self) -> None:
+        """Stop refreshing and wait for the thread (so no SET follows a later DEL)."""
+        self._stopping.set()
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already ended
+                loop.call_soon_threadsafe(wake.set)
+        if self._thread.is_alive():
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
+
+
 class RedisRpcTransport(RedisTransport, RpcTransport):
-    scripts = Scripts(enqueue=ENQUEUE, claim=CLAIM, lock=LOCK, unlock=UNLOCK)
+    scripts = Scripts(enqueue=ENQUEUE, claim=CLAIM, claim_recording=CLAIM_RECORDING,
+                      lock=LOCK, unlock=UNLOCK)
 
     def __init__(self, *, batch_size: int = 100, blocking_timeout: float = 5.0,
-                 **kwargs: Any) -> None:
+                 worker_ttl: float | None = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.batch_size = batch_size
         self.blocking_timeout = blocking_timeout
+        self.worker_ttl = worker_ttl
         self._batcher: Batcher[tuple[RpcMessage, bytes, int], Any] = Batcher(self._enqueue)
 
     async def call_rpc(self, message: RpcMessage, *, timeout: float) -> None:
@@ -143,6 +262,12 @@ class RedisRpcConsumer(RpcConsumer):
         self._has_blmpop = True  # Redis 7 pops many in one command; older ones BLPOP + LPOP
         self._next = 0  # round-robin start, so no API starves another
         self._stale_malformed = Throttle(logger)
+        # Who took each call, for callers on shared reply lists (worker_ttl set): the
+        # liveness key is made by the first claim that records one, then kept by a heartbeat.
+        ttl = transport.worker_ttl
+        self.worker_key = worker_key(transport.process_name) if ttl is not None else None
+        self.worker_ttl_ms = max(1, int((ttl or 0) * 1000))
+        self.heartbeat: Heartbeat | None = None
 
     async def receive(self, limit: int) -> Sequence[RpcMessage | MalformedRpc]:
         limit = max(1, min(limit, self.transport.batch_size))
@@ -181,7 +306,63 @@ class RedisRpcConsumer(RpcConsumer):
         return raw
 
     async def close(self) -> None:
+        """Stop popping, then stop the heartbeat and delete the liveness key: callers of
+        calls this worker took and did not answer (abandoned at the drain timeout) learn at
+        their next check that it is gone."""
         await self._blocking.close()
+        heartbeat, self.heartbeat = self.heartbeat, None
+        if heartbeat is not None:
+            await heartbeat.stop()
+            try:
+                await self.transport.redis.delete(heartbeat.key)
+            except Exception as exc:
+                logger.warning("deleting worker liveness key %s failed (%s); it expires in "
+                               "%gs", heartbeat.key, exc, self.transport.worker_ttl)
+
+    def _flags(self, claimed: list[RpcMessage | MalformedRpc]) -> list[str] | None:
+        """Per call, what to record of who took it: "i" (idempotent here) or "-" for a call
+        answered on a shared reply list, "" for others (a Lightbus caller's per-call key,
+        a malformed call); None when nothing is to be recorded."""
+        if self.worker_key is None:
+            return None
+        idempotent = self.idempotent_rpcs
+        shared = RETURN_PATH_PREFIX + SHARED_PREFIX
+        flags = [("i" if (item.api_name, item.procedure_name) in idempotent else "-")
+                 if isinstance(item, RpcMessage) and item.return_path.startswith(shared)
+                 else "" for item in claimed]
+        return flags if any(flags) else None
+
+    async def _claim(self, claimed: list[RpcMessage | MalformedRpc]) -> list[Any]:
+        """Claim `claimed` (1: live, taken by us; 0: expired), recording who took the calls
+        of shared reply lists when worker_ttl is set."""
+        ids = [item.id or "" for item in claimed]  # each has an id (see _live)
+        keys = [expiry_key(call_id) for call_id in ids]
+        flags = self._flags(claimed)
+        transport = self.transport
+        if flags is None:
+            return list(await transport.scripts.run(transport.redis, "claim", keys, []))
+        keys += [claim_key(call_id) for call_id in ids]
+        keys.append(self.worker_key)
+        replies = list(await transport.scripts.run(
+            transport.redis, "claim_recording", keys, [self.worker_ttl_ms, *flags]))
+        refused = replies.pop()
+        if refused != 1:
+            logger.warning(
+                "cannot record which worker takes RPC calls (%s); callers will not learn "
+                "that this worker died before their timeout. Grant this Redis user "
+                "bus:claim:* and bus:worker:* (see the ACL rules of the Redis transport), "
+                "or set worker_ttl: null", _text(refused))
+            self.worker_key = None
+            return replies
+        for item, flag, alive in zip(claimed, flags, replies, strict=True):
+            if flag and alive == 1:
+                item.claim_recorded = True  # type: ignore[union-attr]  (flags: RpcMessage)
+        if self.heartbeat is None and any(flags):
+            # The claim script made the liveness key; from now on a thread keeps it alive.
+            self.heartbeat = Heartbeat(transport.url, self.worker_key or "",
+                                       transport.worker_ttl or 1.0, transport.socket_timeout)
+            self.heartbeat.start()
+        return replies
 
     async def _live(self, raw: list[bytes]) -> list[RpcMessage | MalformedRpc]:
         """Decode calls and drop those whose expiry key is gone (their caller gave up).
@@ -195,8 +376,7 @@ class RedisRpcConsumer(RpcConsumer):
         claimed = [item for item in decoded if item.id]
         if not claimed:
             return decoded
-        replies = await self.transport.scripts.run(
-            self.transport.redis, "claim", [expiry_key(item.id) for item in claimed], [])
+        replies = await self._claim(claimed)
         expired = {id(item) for item, alive in zip(claimed, replies, strict=True)
                    if alive != 1}
         if not expired:
@@ -212,3 +392,7 @@ class RedisRpcConsumer(RpcConsumer):
                 logger.debug("dropped %s() call %s: it expired before a worker took it",
                              item.canonical_name, item.id)
         return [item for item in decoded if id(item) not in expired]
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
