@@ -29,7 +29,7 @@ import time
 import uuid
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from bus_core.errors import MalformedMessage, RpcWorkerLost, TransportError
 from bus_core.logs import Throttle, detached
@@ -317,7 +317,7 @@ class RedisResultTransport(RedisTransport, ResultTransport):
                     try:
                         await self._check(ids)
                     except Exception as exc:  # Redis away: decide nothing, try again later
-                        if isinstance(exc, ResponseError) and "NOPERM" in str(exc):
+                        if isinstance(exc, NoPermissionError):
                             logger.warning(
                                 "cannot check on the workers running RPC calls (%s): calls "
                                 "of a worker that dies wait for their timeout. Grant this "
