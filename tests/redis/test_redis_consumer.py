@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 
 from bus_redis import RedisEventTransport
@@ -177,3 +178,35 @@ async def test_idle_consumers_of_gone_processes_are_forgotten_but_never_one_hold
     finally:
         for transport in (kept, forgetful):
             await transport.close()
+
+
+async def test_a_running_consumer_keeps_forgetting_idle_consumers_that_hold_nothing(
+        redis_url, raw):
+    group = "svc-welcome"
+    transport = _transport(redis_url, forget_consumers_after=0.2, claim_idle=60,
+                           reclaim_interval=0.05, blocking_timeout=0.05)
+    await transport.open()
+    try:
+        consumer = await transport.open_consumer([("auth", "user_registered")], "welcome")
+        # Processes that come and go while this one runs: one dies holding an entry.
+        raw.xadd(STREAM, entry(username="held"))
+        raw.xadd(STREAM, entry(username="done"))
+        raw.xreadgroup(group, "gone-holding", {STREAM: ">"}, count=1)
+        (_, [(done_id, _)]), = raw.xreadgroup(group, "gone-idle", {STREAM: ">"}, count=1)
+        raw.xack(STREAM, group, done_id)
+
+        def names() -> set[str]:
+            return {c["name"].decode() for c in raw.xinfo_consumers(STREAM, group)}
+
+        assert {"gone-holding", "gone-idle"} <= names()
+        for _ in range(100):  # receive() runs the periodic upkeep while it waits
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(consumer.receive(10), 0.05)
+            if "gone-idle" not in names():
+                break
+        assert "gone-idle" not in names()
+        assert "gone-holding" in names()  # never one holding entries
+        assert {g["name"].decode() for g in raw.xinfo_groups(STREAM)} == {group}
+        await consumer.close()
+    finally:
+        await transport.close()

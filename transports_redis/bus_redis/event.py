@@ -376,6 +376,9 @@ class RedisEventConsumer(EventConsumer):
         self._pending_cursor: dict[str, str] | None = dict.fromkeys(streams, "0")
         self._retries: dict[tuple[str, str], tuple[float, int]] = {}  # -> (due at, count)
         self._next_reclaim = 0.0
+        # Idle consumers of gone processes were forgotten when this one joined; so they are
+        # again every so often while it runs (a long-lived worker outlives many restarts).
+        self._next_forget = time.monotonic() + self._forget_interval()
         self._reclaim_cursor = dict.fromkeys(streams, "0-0")
         self._blocking = BlockingClient(transport.shared)
         self._last_seen: dict[str, tuple[int, int]] = {}  # newest entry id read, per stream
@@ -527,11 +530,19 @@ class RedisEventConsumer(EventConsumer):
                     deliveries.append(delivery)
         return deliveries
 
+    def _forget_interval(self) -> float:
+        after = self.transport.forget_consumers_after
+        return float("inf") if after is None else max(after / 4, self.transport.reclaim_interval)
+
     async def _reclaim(self, limit: int) -> list[EventDelivery]:
         """Take over entries that another consumer of this group has held, silently, for
         longer than `claim_idle`: that consumer has most likely died."""
         transport = self.transport
-        self._next_reclaim = time.monotonic() + transport.reclaim_interval
+        now = time.monotonic()
+        self._next_reclaim = now + transport.reclaim_interval
+        if now >= self._next_forget:
+            self._next_forget = now + self._forget_interval()
+            await transport.forget_idle_consumers(self.streams, self.group)
         idle_ms = int(transport.claim_idle * 1000)
         gathered: list[tuple[str, list[Any]]] = []
         for stream in self.streams:
