@@ -90,17 +90,18 @@ return alive
 # Records are best effort (pcall): a user whose ACL forbids them still claims its calls;
 # the first refusal stops the recording and is returned after the per-call replies.
 # KEYS: expiry keys (n), the claim key of each (n), the worker's liveness key.
-# ARGV[1]: liveness TTL (ms); ARGV[i + 1]: the flag of call i, or "" to record nothing.
+# ARGV[1]: liveness TTL (ms); ARGV[2]: one flag character per call, "." to record nothing.
 # Returns, per call, 1 (claimed) or 0 (expired), then 1 or the refusal's text.
 CLAIM_RECORDING = """
-local n = #ARGV - 1
+local flags = ARGV[2]
+local n = #flags
 local worker = KEYS[2 * n + 1]
 local alive = {}
 local live = false
 local refused = nil
 for i = 1, n do
-  local flag = ARGV[i + 1]
-  if flag == '' or refused then
+  local flag = string.sub(flags, i, i)
+  if flag == '.' or refused then
     alive[i] = redis.call('DEL', KEYS[i])
   else
     local ttl = redis.call('PTTL', KEYS[i])
@@ -143,6 +144,9 @@ return 0
 
 def lock_key(service_name: str, name: str) -> str:
     return f"bus:lock:{service_name}:{name}"
+
+
+_SHARED_RETURN_PATH = RETURN_PATH_PREFIX + SHARED_PREFIX
 
 
 def worker_key(process_name: str) -> str:
@@ -319,18 +323,18 @@ class RedisRpcConsumer(RpcConsumer):
                 logger.warning("deleting worker liveness key %s failed (%s); it expires in "
                                "%gs", heartbeat.key, exc, self.transport.worker_ttl)
 
-    def _flags(self, claimed: list[RpcMessage | MalformedRpc]) -> list[str] | None:
+    def _flags(self, claimed: list[RpcMessage | MalformedRpc]) -> str | None:
         """Per call, what to record of who took it: "i" (idempotent here) or "-" for a call
-        answered on a shared reply list, "" for others (a Lightbus caller's per-call key,
+        answered on a shared reply list, "." for others (a Lightbus caller's per-call key,
         a malformed call); None when nothing is to be recorded."""
         if self.worker_key is None:
             return None
         idempotent = self.idempotent_rpcs
-        shared = RETURN_PATH_PREFIX + SHARED_PREFIX
-        flags = [("i" if (item.api_name, item.procedure_name) in idempotent else "-")
-                 if isinstance(item, RpcMessage) and item.return_path.startswith(shared)
-                 else "" for item in claimed]
-        return flags if any(flags) else None
+        shared = _SHARED_RETURN_PATH
+        flags = "".join([("i" if (item.api_name, item.procedure_name) in idempotent else "-")
+                         if isinstance(item, RpcMessage) and item.return_path.startswith(shared)
+                         else "." for item in claimed])
+        return None if flags.count(".") == len(flags) else flags
 
     async def _claim(self, claimed: list[RpcMessage | MalformedRpc]) -> list[Any]:
         """Claim `claimed` (1: live, taken by us; 0: expired), recording who took the calls
@@ -344,7 +348,7 @@ class RedisRpcConsumer(RpcConsumer):
         keys += [claim_key(call_id) for call_id in ids]
         keys.append(self.worker_key)
         replies = list(await transport.scripts.run(
-            transport.redis, "claim_recording", keys, [self.worker_ttl_ms, *flags]))
+            transport.redis, "claim_recording", keys, [self.worker_ttl_ms, flags]))
         refused = replies.pop()
         if refused != 1:
             logger.warning(
@@ -355,9 +359,9 @@ class RedisRpcConsumer(RpcConsumer):
             self.worker_key = None
             return replies
         for item, flag, alive in zip(claimed, flags, replies, strict=True):
-            if flag and alive == 1:
+            if flag != "." and alive == 1:
                 item.claim_recorded = True  # type: ignore[union-attr]  (flags: RpcMessage)
-        if self.heartbeat is None and any(flags):
+        if self.heartbeat is None:
             # The claim script made the liveness key; from now on a thread keeps it alive.
             self.heartbeat = Heartbeat(transport.url, self.worker_key or "",
                                        transport.worker_ttl or 1.0, transport.socket_timeout)
