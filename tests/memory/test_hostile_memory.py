@@ -238,3 +238,16 @@ async def test_results_nobody_takes_are_bounded_by_count_and_bytes(broker_name: 
     last = await send(600, 10)  # a result still kept is taken as usual
     got = await results.receive_result(last, results.get_return_path(last), timeout=1)
     assert got.rpc_message_id == "c600"
+
+
+def test_dead_letters_are_bounded_newest_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bus_memory import broker as broker_module
+
+    monkeypatch.setattr(broker_module, "MAX_DEAD_LETTERS", 5)
+    broker = broker_module.MemoryBroker("bounded-dead-letters")
+    stream = broker.stream("a.*:stream", None)
+    group = broker.join_group(stream, "svc-l", "c1", "0")
+    for n in range(12):
+        broker.dead_letter(stream, group, n, b"{}", f"reason {n}")
+    assert [letter.reason for letter in broker.dead_letters] == [
+        f"reason {n}" for n in range(7, 12)]

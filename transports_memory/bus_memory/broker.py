@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+MAX_DEAD_LETTERS = 100_000  # per broker; the oldest go first
+
 
 class _Waiters:
     """Futures on any loop, woken thread-safely when something they wait for changes."""
@@ -161,7 +163,8 @@ class MemoryBroker:
         self.dropped_results = 0  # results not taken, dropped to stay within the bounds
         self.result_waiters: dict[str, _Waiters] = {}
         self.streams: dict[str, Stream] = {}
-        self.dead_letters: list[DeadLetter] = []
+        # The newest dead letters (bounded, like a Redis dead-letter stream's length).
+        self.dead_letters: deque[DeadLetter] = deque(maxlen=MAX_DEAD_LETTERS)
         self.schemas: dict[str, tuple[bytes, float | None]] = {}
         self.locks: dict[str, tuple[str, float]] = {}  # key -> (owner, monotonic expiry)
         self._consumer_ids = itertools.count(1)
