@@ -3,6 +3,7 @@ label, so a peer sending random names cannot grow the series without bound."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from bus_metrics.metrics import CALLER_NAME_ALLOWANCE
 
-from bus_core import Bus, RpcTimeout
+from bus_core import Bus, RpcTimeout, RpcWorkerLost
 from bus_core.messages import RpcMessage, rpc_to_blob
 from tests.apis import AuthApi
 from tests.conftest import memory_config
@@ -59,3 +60,23 @@ async def test_caller_labels_stay_bounded_for_apis_it_does_not_know(
     assert {"api_name": "unknown", "procedure_name": "unknown"}.items() <= {
         k: v for labels in series for k, v in labels.items()
         if labels["api_name"] == "unknown"}.items()
+
+
+async def test_calls_whose_worker_stopped_are_counted_as_workers_lost(
+        broker_name: str, make_bus: Callable[..., Bus]) -> None:
+    from tests.memory.test_memory_worker_lost import SlowApi, document
+
+    runs: list[tuple[str, int]] = []
+    worker_bus = make_bus(config=document(broker_name), process_name="first")
+    worker_bus.client.register_api(SlowApi(runs, hang=True))
+    caller = make_bus(config=with_metrics(document(broker_name)), process_name="caller")
+    worker = worker_bus.client.worker(events=False, tasks=False)
+    await worker.start()
+    calls = [asyncio.ensure_future(caller.slow.charge.call_async(n=n)) for n in range(3)]
+    await eventually(lambda: len(runs) == 3)
+    await worker.stop()  # abandons the three calls it holds
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+    assert all(isinstance(outcome, RpcWorkerLost) for outcome in outcomes)
+    scrape = scrape_registry(caller)
+    assert scrape.value("bus_rpc_workers_lost_total", procedure_name="charge") == 3
+    assert scrape.value("bus_rpc_timeouts_total", procedure_name="charge") == 3

@@ -24,7 +24,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from bus_core import RpcTimeout
+from bus_core import RpcTimeout, RpcWorkerLost
 from bus_core.errors import PluginError
 
 if TYPE_CHECKING:
@@ -52,7 +52,8 @@ RPC_SIDE_LABELS = (*RPC_LABELS, "side")
 # Slot layouts (one list per key and thread):
 FIRED_OK, FIRED_ERRORS = 0, 1
 HANDLED_COUNT, HANDLED_ERRORS, HANDLED_SUM, HANDLED_BUCKETS = 0, 1, 2, 3
-CALLED_COUNT, CALLED_ERRORS, CALLED_TIMEOUTS, CALLED_SUM, CALLED_BUCKETS = 0, 1, 2, 3, 4
+CALLED_COUNT, CALLED_ERRORS, CALLED_TIMEOUTS, CALLED_LOST, CALLED_SUM = 0, 1, 2, 3, 4
+CALLED_BUCKETS = 5
 EXECUTED_COUNT, EXECUTED_ERRORS, EXECUTED_SUM, EXECUTED_BUCKETS = 0, 1, 2, 3
 FAILURE_ACTIONS = {"dead_letter": 0, "redeliver": 1}  # slot of each counted action
 UNKNOWN = "unknown"  # the label of every API, RPC or event name that is not declared
@@ -218,6 +219,8 @@ class BusMetrics:
         slots[CALLED_SUM] += duration
         slots[CALLED_BUCKETS + bisect_left(self.bounds, duration)] += 1
         if error is not None:
+            if isinstance(error, RpcWorkerLost):
+                slots[CALLED_LOST] += 1
             slots[CALLED_TIMEOUTS if isinstance(error, RpcTimeout) else CALLED_ERRORS] += 1
 
     def rpc_executed(self, api_name: str, procedure_name: str, error: BaseException | None,
@@ -289,6 +292,9 @@ class BusMetrics:
                          "rpc_timeouts)", RPC_SIDE_LABELS)
         timeouts = counter("rpc_timeouts", "RPC calls that got no result in time",
                            RPC_LABELS)
+        workers_lost = counter("rpc_workers_lost", "RPC calls whose worker stopped before "
+                               "answering (RpcWorkerLost, also counted in rpc_timeouts)",
+                               RPC_LABELS)
         for key, slots in sorted(called.items()):
             names = labels[("called", key)]
             rpcs_called.add_metric(names, slots[CALLED_COUNT])
@@ -296,6 +302,7 @@ class BusMetrics:
                                slots[CALLED_SUM])
             errors.add_metric((*names, "caller"), slots[CALLED_ERRORS])
             timeouts.add_metric(names, slots[CALLED_TIMEOUTS])
+            workers_lost.add_metric(names, slots[CALLED_LOST])
         for key, slots in sorted(executed.items()):
             names = labels[("executed", key)]
             rpcs_processed.add_metric(names, slots[EXECUTED_COUNT])
@@ -309,7 +316,7 @@ class BusMetrics:
             undeclared_parameters.add_metric(labels[("undeclared", key)], slots[0])
         yield from (events_fired, fire_errors, processed, handling, listener_errors,
                     dead_letters, redelivered, lag, rpcs_called, rpcs_processed, seconds,
-                    errors, timeouts, undeclared_parameters)
+                    errors, timeouts, workers_lost, undeclared_parameters)
 
     def _buckets(self, counts: Sequence[int]) -> list[tuple[str, float]]:
         """Cumulative (le, count) pairs from per-bucket counts."""
