@@ -1,7 +1,6 @@
-"""Redis Cluster connections (`redis+cluster://`), before keys and scripts are adapted to
-cluster slots: the URL is accepted, a fire (one XADD to one stream) and a listener on one
-stream work, and the blocking client serves single-key blocking reads on the owning node.
-RPCs do not work on a cluster yet (their scripts touch keys of several slots)."""
+"""Redis Cluster connections (`redis+cluster://`): the URL is accepted, a fire, a listener
+and an RPC work, and the blocking client serves single-key blocking reads on the owning
+node. Every feature, across nodes: test_redis_cluster_features.py."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ import pytest
 from bus_redis.connection import BlockingClient, SharedClient
 
 import bus_core
-from bus_core import EventMessage, TransportError
+from bus_core import EventMessage
 from tests.apis import AuthApi
 from tests.helpers import eventually, serving
 from tests.redis.conftest import redis_config
@@ -44,12 +43,12 @@ async def test_a_fire_and_a_listener_through_a_cluster(cluster: RedisClusterSet)
     try:
         fired = await bus.auth.user_registered.fire_async(username="before", email="a@b")
         assert fired.native_id
-        async with serving(bus, rpcs=False):
+        async with serving(bus):
             await bus.auth.user_registered.fire_async(username="ada", email="a@b")
             await eventually(lambda: heard == ["ada"])
-        # Not yet: the enqueue script's keys (queue, expiry key) are in different slots.
-        with pytest.raises(TransportError, match="all keys must map to the same key slot"):
-            await bus.auth.check_password.call_async(username="admin", password="secret")
+            # The cluster key forms keep the enqueue and claim scripts within one slot.
+            assert await bus.auth.check_password.call_async(username="admin",
+                                                            password="secret")
     finally:
         await bus.client.close_async()
 

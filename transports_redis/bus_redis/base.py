@@ -11,7 +11,15 @@ from redis.exceptions import NoScriptError
 
 from bus_core.logs import detached
 from bus_core.transports import Transport
-from bus_redis.connection import DEFAULT_URL, SharedClient, acquire, redact, release
+from bus_redis.connection import (
+    DEFAULT_URL,
+    SharedClient,
+    acquire,
+    is_cluster_url,
+    redact,
+    release,
+    slot_of,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -52,6 +60,9 @@ class RedisTransport(Transport):
         self.url = url
         self.max_connections = max_connections
         self.socket_timeout = socket_timeout
+        # On a Redis Cluster every script and multi-key command keeps to one hash slot (the
+        # cluster-only key forms of docs/protocol); elsewhere the Lightbus forms, unchanged.
+        self.cluster = is_cluster_url(url)
         self._shared: SharedClient | None = None
 
     scripts = Scripts()
@@ -77,6 +88,27 @@ class RedisTransport(Transport):
     @property
     def redis(self) -> Any:
         return self.shared.client
+
+
+def by_slot(keys: Sequence[str]) -> dict[int, list[int]]:
+    """Positions of `keys` grouped by cluster hash slot (first-seen order kept)."""
+    groups: dict[int, list[int]] = {}
+    for position, key in enumerate(keys):
+        groups.setdefault(slot_of(key), []).append(position)
+    return groups
+
+
+async def settle_each(runs: Sequence[Awaitable[Any]]) -> list[Any]:
+    """Await `runs` together; each one's result, or the exception it raised (so one failed
+    slot group fails only its own messages)."""
+    return list(await asyncio.gather(*runs, return_exceptions=True))
+
+
+def raise_if_error(value: Any) -> Any:
+    """`value`, unless it is an exception (a failed slot group's outcome): then raise it."""
+    if isinstance(value, BaseException):
+        raise value
+    return value
 
 
 class Batcher(Generic[T, R]):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import math
 import os
@@ -24,6 +25,7 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
+from redis.crc import key_slot
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -248,6 +250,22 @@ def _host_problem(host: str) -> str | None:
     return None
 
 
+def is_cluster_url(url: str) -> bool:
+    """True for `redis+cluster://` and `rediss+cluster://`: the transports then keep every
+    script and multi-key command within one hash slot (see docs/protocol)."""
+    return url.partition("://")[0].lower().endswith("+cluster")
+
+
+def slot_of(key: str | bytes) -> int:
+    """The cluster hash slot of `key` (its `{tag}` when it has one)."""
+    return key_slot(key.encode() if isinstance(key, str) else key)
+
+
+def hash_tagged(tag: str) -> str:
+    """`{tag}`: a key part that makes the key hash like the key `tag` itself."""
+    return "{" + tag + "}"
+
+
 def check_url(url: str) -> None:
     """Raise ConfigError when `url` is not a usable Redis URL (password masked)."""
     problem = url_problem(url)
@@ -344,6 +362,49 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     `max_connections` are busy (as the single-server pool does) instead of failing."""
 
 
+_holding_permit: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "bus_redis_cluster_permit", default=False)
+
+
+class WaitingCluster(RedisCluster):
+    """redis-py's RedisCluster, but a command (or pipeline) finding `max_connections` of
+    them in flight waits for one to end instead of failing with MaxConnectionsError, as
+    the single-server and Sentinel pools do. At most `max_connections` commands run at
+    once, so no node is ever asked for more connections than that."""
+
+    def __init__(self, *args: Any, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(*args, max_connections=max_connections, **kwargs)
+        self._permits = asyncio.Semaphore(max_connections)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if _holding_permit.get():  # a command run by one that already holds a permit
+            return await super().execute_command(*args, **kwargs)
+        async with self._permits:
+            token = _holding_permit.set(True)
+            try:
+                return await super().execute_command(*args, **kwargs)
+            finally:
+                _holding_permit.reset(token)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+        permits = self._permits
+
+        async def waiting_execute(*args: Any, **kwargs: Any) -> Any:
+            if _holding_permit.get():
+                return await execute(*args, **kwargs)
+            async with permits:
+                token = _holding_permit.set(True)
+                try:
+                    return await execute(*args, **kwargs)
+                finally:
+                    _holding_permit.reset(token)
+
+        pipe.execute = waiting_execute
+        return pipe
+
+
 class SharedClient:
     """A redis-py client and its pool, counted by the transports using it.
 
@@ -390,7 +451,8 @@ class SharedClient:
             self.target = MultiNodeUrl.parse(url)
             defaults.pop("retry_on_error")  # the cluster client retries by its own rules
             self.connection_kwargs = {**defaults, **self.target.options}
-            self.client = self._cluster(max_connections, **self.connection_kwargs)
+            self.client = self._cluster(max_connections, waiting=True,
+                                        **self.connection_kwargs)
         self.users = 0
 
     def _sentinel_kwargs(self) -> dict[str, Any]:
@@ -406,9 +468,11 @@ class SharedClient:
         kwargs.update(self.target.sentinel_options)
         return kwargs
 
-    def _cluster(self, max_connections: int, **kwargs: Any) -> RedisCluster:
+    def _cluster(self, max_connections: int, waiting: bool = False, **kwargs: Any
+                 ) -> RedisCluster:
         assert self.target is not None
-        return RedisCluster(startup_nodes=[ClusterNode(host, port)
+        kind = WaitingCluster if waiting else RedisCluster
+        return kind(startup_nodes=[ClusterNode(host, port)
                                            for host, port in self.target.nodes],
                             max_connections=max_connections, **kwargs)
 
@@ -435,6 +499,14 @@ class SharedClient:
         # One connection per node is enough for one reader's sequential commands; a
         # second one covers a topology refresh while the read waits.
         return self._cluster(2, **{**self.connection_kwargs, "socket_timeout": None})
+
+    async def node_for_key(self, key: str) -> ClusterNode:
+        """Cluster only: the master that owns `key`'s slot now (as this client knows it),
+        e.g. to send WAIT to the node that took a write."""
+        cluster: RedisCluster = self.client
+        if not cluster.get_nodes():
+            await cluster.initialize()
+        return cluster.get_node_from_key(key)
 
     async def node_client_for_key(self, key: str) -> redis.Redis:
         """Cluster only: a plain client with one connection of its own to the master that

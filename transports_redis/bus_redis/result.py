@@ -45,7 +45,15 @@ from bus_core.messages import (
 )
 from bus_core.runtime import time_out
 from bus_core.transports import MalformedRpc, ResultTransport
-from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
+from bus_redis.base import (
+    OPTIONS_SCHEMA,
+    Batcher,
+    RedisTransport,
+    Scripts,
+    by_slot,
+    raise_if_error,
+    settle_each,
+)
 from bus_redis.connection import BlockingClient, redact, redis_call
 
 logger = logging.getLogger("bus.redis.result")
@@ -85,6 +93,12 @@ OPTIONS = {
 def claim_key(message_id: str) -> str:
     """Where a Bus worker records that it took call `message_id` (Bus only)."""
     return f"{CLAIM_PREFIX}{message_id}"
+
+
+def cluster_claim_key(queue: str, message_id: str) -> str:
+    """Cluster mode: `bus:claim:{<api>:rpc_queue}:<id>`, in the slot of the queue the call
+    came from, so the worker's claim script touches one slot."""
+    return f"{CLAIM_PREFIX}{{{queue}}}:{message_id}"
 
 
 def _shared_key_problem(key: str) -> str | None:
@@ -172,6 +186,7 @@ class RedisResultTransport(RedisTransport, ResultTransport):
         self._checker: asyncio.Task[None] | None = None
         self._dead_workers: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._check_failures = Throttle(logger)
+        self._claim_keys: dict[str, str] = {}  # cluster mode: call id -> its claim record
 
     @classmethod
     def check_return_path(cls, key: str, call: RpcMessage | MalformedRpc) -> str | None:
@@ -196,21 +211,65 @@ class RedisResultTransport(RedisTransport, ResultTransport):
         key = key_of(return_path)
         # The result ends the record of who took the call (with it, atomically: a caller
         # never sees a claim by a stopped worker whose result is already on its list).
-        claim = claim_key(rpc_message.id) if rpc_message.claim_recorded else None
+        claim = self._claim_key(rpc_message) if rpc_message.claim_recorded else None
         item = (key, self.serializer.dumps(result_to_blob(result_message)), claim)
+
+        async def send() -> Any:
+            return raise_if_error(await self._batcher.submit(item))  # cluster: its group's
+
         status = await redis_call(
-            self.url, f"cannot send the result of {rpc_message.canonical_name}()",
-            lambda: self._batcher.submit(item))
+            self.url, f"cannot send the result of {rpc_message.canonical_name}()", send)
         if status != 1:
             raise TransportError(f"the result of {rpc_message.canonical_name}() could not be "
                                  f"written to {preview(item[0])}: {_text(status)}")
 
+    def _claim_key(self, rpc_message: RpcMessage) -> str:
+        """Where the worker recorded that it took `rpc_message` (see bus_redis.rpc)."""
+        if self.cluster:
+            return cluster_claim_key(f"{rpc_message.api_name}:rpc_queue", rpc_message.id)
+        return claim_key(rpc_message.id)
+
     async def _send_batch(self, results: list[tuple[str, bytes, str | None]]) -> list[Any]:
         """One script run for a batch; each result's own status (1, or Redis's error)."""
+        if self.cluster:
+            return await self._send_batch_by_slot(results)
         keys = [key for key, _, _ in results]
         keys += [claim for _, _, claim in results if claim is not None]
         return list(await self.scripts.run(
             self.redis, "reply", keys, [self.result_ttl, *(data for _, data, _ in results)]))
+
+    async def _send_batch_by_slot(self, results: list[tuple[str, bytes, str | None]]
+                                  ) -> list[Any]:
+        """Cluster mode: one reply script run per slot of the result keys (in parallel),
+        then the claim records of the calls answered are deleted (single-key DELs: they
+        live in their queues' slots). Not atomic with the push: a worker dying between the
+        two leaves a record that expires with its caller's wait, and its caller, which has
+        its result, is not told anything else (its check skips calls already answered)."""
+        ttl = self.result_ttl
+        groups = by_slot([key for key, _, _ in results])
+        outcomes = await settle_each([
+            self.scripts.run(self.redis, "reply", [results[i][0] for i in positions],
+                             [ttl, *(results[i][1] for i in positions)])
+            for positions in groups.values()])
+        statuses: list[Any] = [None] * len(results)
+        for positions, outcome in zip(groups.values(), outcomes, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome
+            for index, position in enumerate(positions):
+                statuses[position] = outcome if isinstance(outcome, BaseException) \
+                    else outcome[index]
+        claims = [claim for (_, _, claim), status in zip(results, statuses, strict=True)
+                  if claim is not None and status == 1]
+        if claims:
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for claim in claims:
+                    pipe.delete(claim)
+                await pipe.execute()
+            except Exception as exc:  # the results are sent; the records expire anyway
+                logger.warning("deleting %d claim record(s) failed (%s); they expire with "
+                               "their callers' wait", len(claims), describe(exc))
+        return statuses
 
     async def receive_result(self, rpc_message: RpcMessage, return_path: str,
                              timeout: float) -> ResultMessage:
@@ -224,6 +283,8 @@ class RedisResultTransport(RedisTransport, ResultTransport):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ResultMessage] = loop.create_future()
         self._waiting[rpc_message.id] = future
+        if self.cluster:
+            self._claim_keys[rpc_message.id] = self._claim_key(rpc_message)
         self._ensure_reader()
         if self._checker is None and self.worker_check_interval is not None:
             self._checker = loop.create_task(detached(self._check_workers()))
@@ -234,6 +295,8 @@ class RedisResultTransport(RedisTransport, ResultTransport):
         finally:
             timer.cancel()
             self._waiting.pop(rpc_message.id, None)
+            if self.cluster:
+                self._claim_keys.pop(rpc_message.id, None)
 
     async def _receive_own_key(self, rpc_message: RpcMessage, key: str, timeout: float
                                ) -> ResultMessage:
@@ -338,7 +401,12 @@ class RedisResultTransport(RedisTransport, ResultTransport):
         record goes with the result), and is left alone."""
         claims: list[Any] = []
         for start in range(0, len(ids), 1000):
-            claims += await self.redis.mget([claim_key(i) for i in ids[start:start + 1000]])
+            part = ids[start:start + 1000]
+            if self.cluster:  # records in many slots: GETs grouped by slot and node
+                claims += await self.redis.mget_nonatomic(
+                    [self._claim_keys.get(i) or claim_key(i) for i in part])
+            else:
+                claims += await self.redis.mget([claim_key(i) for i in part])
         by_worker: dict[str, list[tuple[str, bool]]] = {}
         for call_id, value in zip(ids, claims, strict=True):
             if not value:

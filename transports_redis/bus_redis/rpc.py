@@ -29,9 +29,16 @@ from redis.exceptions import ResponseError
 from bus_core.logs import Throttle
 from bus_core.messages import RpcMessage, rpc_to_blob
 from bus_core.transports import MalformedRpc, RpcConsumer, RpcTransport, decode_call
-from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
-from bus_redis.connection import BlockingClient, acquire, redis_call, release
-from bus_redis.result import RETURN_PATH_PREFIX, SHARED_PREFIX, claim_key
+from bus_redis.base import (
+    OPTIONS_SCHEMA,
+    Batcher,
+    RedisTransport,
+    Scripts,
+    raise_if_error,
+    settle_each,
+)
+from bus_redis.connection import BlockingClient, acquire, hash_tagged, redis_call, release
+from bus_redis.result import RETURN_PATH_PREFIX, SHARED_PREFIX, claim_key, cluster_claim_key
 
 OPTIONS = {
     "type": "object",
@@ -59,6 +66,12 @@ def queue_key(api_name: str) -> str:
 
 def expiry_key(message_id: str) -> str:
     return f"rpc_expiry_key:{message_id}"
+
+
+def cluster_expiry_key(queue: str, message_id: str) -> str:
+    """Cluster mode: `rpc_expiry_key:{<api>:rpc_queue}:<id>`, hashed like its queue (whose
+    name is unchanged), so the enqueue and claim scripts touch one slot."""
+    return f"rpc_expiry_key:{hash_tagged(queue)}:{message_id}"
 
 
 # Atomic enqueue of a batch of calls: each call's expiry key is set with its push. The TTL
@@ -149,10 +162,17 @@ def lock_key(service_name: str, name: str) -> str:
 _SHARED_RETURN_PATH = RETURN_PATH_PREFIX + SHARED_PREFIX
 
 
-def worker_key(process_name: str) -> str:
+def worker_key(process_name: str, token: str | None = None) -> str:
     """A fresh liveness key for one consumer of a worker process (unique even when two
     processes share a process name)."""
-    return f"bus:worker:{process_name}:{uuid.uuid4().hex[:16]}"
+    return f"bus:worker:{process_name}:{token or uuid.uuid4().hex[:16]}"
+
+
+def cluster_worker_key(queue: str, process_name: str, token: str) -> str:
+    """Cluster mode: one liveness key per queue a consumer serves,
+    `bus:worker:{<api>:rpc_queue}:<process>:<hex>`, in its queue's slot (the claim script
+    sets it with the claim records)."""
+    return f"bus:worker:{hash_tagged(queue)}:{process_name}:{token}"
 
 
 class Heartbeat:
@@ -161,9 +181,10 @@ class Heartbeat:
     never lets the key lapse while the process lives. Only the process dying, or `stop()`,
     ends it."""
 
-    def __init__(self, url: str, key: str, ttl: float, socket_timeout: float | None) -> None:
+    def __init__(self, url: str, keys: Sequence[str], ttl: float,
+                 socket_timeout: float | None) -> None:
         self.url = url
-        self.key = key
+        self.keys = list(keys)
         self.ttl_ms = max(1, int(ttl * 1000))
         self.interval = ttl / 5
         self.socket_timeout = socket_timeout or ttl
@@ -186,11 +207,17 @@ class Heartbeat:
         try:
             while not self._stopping.is_set():
                 try:
-                    await shared.client.set(self.key, b"1", px=self.ttl_ms)
+                    if len(self.keys) == 1:
+                        await shared.client.set(self.keys[0], b"1", px=self.ttl_ms)
+                    else:  # cluster mode, one key per queue: single-key SETs, pipelined
+                        pipe = shared.client.pipeline(transaction=False)
+                        for key in self.keys:
+                            pipe.set(key, b"1", px=self.ttl_ms)
+                        await pipe.execute()
                 except Exception as exc:
                     self._failures.warning("refreshing worker liveness key %s failed (%s); "
-                                           "callers may take this worker for dead", self.key,
-                                           exc)
+                                           "callers may take this worker for dead",
+                                           ", ".join(self.keys), exc)
                 with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.interval)
         finally:
@@ -222,10 +249,15 @@ class RedisRpcTransport(RedisTransport, RpcTransport):
     async def call_rpc(self, message: RpcMessage, *, timeout: float) -> None:
         data = self.serializer.dumps(rpc_to_blob(message))
         item = (message, data, max(1, int(timeout * 1000)))
-        await redis_call(self.url, f"cannot send {message.canonical_name}()",
-                         lambda: self._batcher.submit(item))
 
-    async def _enqueue(self, calls: list[tuple[RpcMessage, bytes, int]]) -> list[None]:
+        async def send() -> None:
+            raise_if_error(await self._batcher.submit(item))  # cluster: its group's error
+
+        await redis_call(self.url, f"cannot send {message.canonical_name}()", send)
+
+    async def _enqueue(self, calls: list[tuple[RpcMessage, bytes, int]]) -> list[Any]:
+        if self.cluster:
+            return await self._enqueue_by_queue(calls)
         keys: list[str] = []
         args: list[Any] = []
         for message, data, milliseconds in calls:
@@ -233,6 +265,29 @@ class RedisRpcTransport(RedisTransport, RpcTransport):
             args += [milliseconds, data]
         await self.scripts.run(self.redis, "enqueue", keys, args)
         return [None] * len(calls)
+
+    async def _enqueue_by_queue(self, calls: list[tuple[RpcMessage, bytes, int]]
+                                ) -> list[Any]:
+        """Cluster mode: one enqueue script run per queue (each call still set with its
+        expiry key atomically), the runs in parallel. Per call: None, or the error of its
+        queue's run (the calls of other queues are sent all the same)."""
+        groups: dict[str, tuple[list[int], list[str], list[Any]]] = {}
+        for position, (message, data, milliseconds) in enumerate(calls):
+            queue = queue_key(message.api_name)
+            positions, keys, args = groups.setdefault(queue, ([], [], []))
+            positions.append(position)
+            keys += [queue, cluster_expiry_key(queue, message.id)]
+            args += [milliseconds, data]
+        outcomes = await settle_each([self.scripts.run(self.redis, "enqueue", keys, args)
+                                      for _, keys, args in groups.values()])
+        replies: list[Any] = [None] * len(calls)
+        for (positions, _, _), outcome in zip(groups.values(), outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    raise outcome  # a cancellation is not one group's failure
+                for position in positions:
+                    replies[position] = outcome
+        return replies
 
     async def open_consumer(self, api_names: Sequence[str]) -> RpcConsumer:
         # Reach Redis now, as a listener's group creation does: a worker whose credentials
@@ -269,12 +324,24 @@ class RedisRpcConsumer(RpcConsumer):
         # Who took each call, for callers on shared reply lists (worker_ttl set): the
         # liveness key is made by the first claim that records one, then kept by a heartbeat.
         ttl = transport.worker_ttl
-        self.worker_key = worker_key(transport.process_name) if ttl is not None else None
+        token = uuid.uuid4().hex[:16]
+        process = transport.process_name
+        self.worker_key = worker_key(process, token) if ttl is not None else None
+        # Cluster mode: a liveness key per queue, in the queue's slot (see cluster_worker_key).
+        self.worker_keys = {queue: cluster_worker_key(queue, process, token)
+                            for queue in self.keys}
         self.worker_ttl_ms = max(1, int((ttl or 0) * 1000))
         self.heartbeat: Heartbeat | None = None
+        # Cluster mode: a pop of its own in flight per queue, and what it popped beyond the
+        # room the worker had (handed out first, at the next receive).
+        self._pops: dict[str, asyncio.Task[list[bytes]]] = {}
+        self._popped: dict[str, list[bytes]] = {queue: [] for queue in self.keys}
+        self._queue_clients: dict[str, BlockingClient] = {}
 
     async def receive(self, limit: int) -> Sequence[RpcMessage | MalformedRpc]:
         limit = max(1, min(limit, self.transport.batch_size))
+        if self.transport.cluster:
+            return await self._receive_by_queue(limit)
         while True:
             try:
                 raw = await self._pop(limit)
@@ -284,10 +351,87 @@ class RedisRpcConsumer(RpcConsumer):
             if raw:
                 return await self._live(raw)
 
-    async def _pop(self, limit: int) -> list[bytes]:
-        client = self._blocking.client
+    async def _receive_by_queue(self, limit: int) -> list[RpcMessage | MalformedRpc]:
+        """Cluster mode: the queues may live on different nodes, and one BLMPOP cannot
+        span slots. Each queue has one blocking pop of its own in flight (so a quiet
+        worker waits in Redis, costing no CPU, and a call on any queue is seen at once);
+        a receive hands out what the finished pops brought, up to `limit`, starting with
+        a different queue each time (no queue starves another), and keeps the rest for
+        the next receive. A pop is never cancelled while the worker runs (a cancelled
+        pop could lose the calls it took), only at close."""
+        while True:
+            for queue in self.keys:
+                if queue not in self._pops and not self._popped[queue]:
+                    self._pops[queue] = asyncio.get_running_loop().create_task(
+                        self._pop_queue(queue, limit), name=f"bus:rpc-pop:{queue}")
+            if not any(self._popped.values()):
+                await asyncio.wait(list(self._pops.values()),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            failure = await self._collect_pops()
+            taken = self._take_popped(limit)
+            if taken:
+                calls: list[RpcMessage | MalformedRpc] = []
+                for queue, raw in taken:
+                    calls += await self._live(raw, queue)
+                if calls:
+                    return calls
+            if failure is not None:
+                raise failure
+
+    async def _collect_pops(self) -> BaseException | None:
+        """Move finished pops' calls to their queue's buffer; the first failure, if any
+        (its queue's connection is dropped and made again by the next pop)."""
+        failure: BaseException | None = None
+        for queue, task in list(self._pops.items()):
+            if not task.done():
+                continue
+            del self._pops[queue]
+            error = task.exception() if not task.cancelled() else asyncio.CancelledError()
+            if error is None:
+                self._popped[queue] += task.result()
+                continue
+            client = self._queue_clients.pop(queue, None)
+            if client is not None:
+                await client.close()
+            failure = failure or error
+        return failure
+
+    def _take_popped(self, limit: int) -> list[tuple[str, list[bytes]]]:
+        """Up to `limit` buffered calls, a fair share per queue, the first queue rotating."""
         order = self.keys[self._next:] + self.keys[:self._next]
         self._next = (self._next + 1) % len(self.keys)
+        taken: list[tuple[str, list[bytes]]] = []
+        room = limit
+        while room > 0:
+            holding = [queue for queue in order if self._popped[queue]]
+            if not holding:
+                break
+            share = max(1, room // len(holding))
+            for queue in holding:
+                if room <= 0:
+                    break
+                buffer = self._popped[queue]
+                part, self._popped[queue] = buffer[:min(share, room)], buffer[min(share, room):]
+                room -= len(part)
+                taken.append((queue, part))
+        return taken
+
+    async def _pop_queue(self, queue: str, limit: int) -> list[bytes]:
+        """One blocking pop of up to `limit` calls from `queue` on a connection of its own
+        (a cluster client, following MOVED and failovers); [] when it timed out."""
+        client = self._queue_clients.get(queue)
+        if client is None:
+            client = self._queue_clients[queue] = BlockingClient(self.transport.shared)
+        return await self._pop(limit, client, [queue])
+
+    async def _pop(self, limit: int, blocking: BlockingClient | None = None,
+                   keys: list[str] | None = None) -> list[bytes]:
+        client = (blocking or self._blocking).client
+        if keys is None:
+            order = self.keys[self._next:] + self.keys[:self._next]
+            self._next = (self._next + 1) % len(self.keys)
+        else:
+            order = keys
         timeout = self.transport.blocking_timeout
         if self._has_blmpop:
             try:
@@ -314,39 +458,67 @@ class RedisRpcConsumer(RpcConsumer):
         calls this worker took and did not answer (abandoned at the drain timeout) learn at
         their next check that it is gone."""
         await self._blocking.close()
+        pops, self._pops = self._pops, {}
+        for task in pops.values():
+            task.cancel()
+        for task in pops.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        clients, self._queue_clients = self._queue_clients, {}
+        for client in clients.values():
+            await client.close()
         heartbeat, self.heartbeat = self.heartbeat, None
         if heartbeat is not None:
             await heartbeat.stop()
             try:
-                await self.transport.redis.delete(heartbeat.key)
+                if self.transport.cluster:  # one key per slot: single-key DELs
+                    pipe = self.transport.redis.pipeline(transaction=False)
+                    for key in heartbeat.keys:
+                        pipe.delete(key)
+                    await pipe.execute()
+                else:
+                    await self.transport.redis.delete(*heartbeat.keys)
             except Exception as exc:
                 logger.warning("deleting worker liveness key %s failed (%s); it expires in "
-                               "%gs", heartbeat.key, exc, self.transport.worker_ttl)
+                               "%gs", ", ".join(heartbeat.keys), exc,
+                               self.transport.worker_ttl)
 
-    def _flags(self, claimed: list[RpcMessage | MalformedRpc]) -> str | None:
+    def _flags(self, claimed: list[RpcMessage | MalformedRpc], queue: str | None = None
+               ) -> str | None:
         """Per call, what to record of who took it: "i" (idempotent here) or "-" for a call
         answered on a shared reply list, "." for others (a Lightbus caller's per-call key,
-        a malformed call); None when nothing is to be recorded."""
+        a malformed call; in cluster mode, a call of another API than its queue's, whose
+        record its caller would not look for); None when nothing is to be recorded."""
         if self.worker_key is None:
             return None
         idempotent = self.idempotent_rpcs
         shared = _SHARED_RETURN_PATH
         flags = "".join([("i" if (item.api_name, item.procedure_name) in idempotent else "-")
                          if isinstance(item, RpcMessage) and item.return_path.startswith(shared)
+                         and (queue is None or queue_key(item.api_name) == queue)
                          else "." for item in claimed])
         return None if flags.count(".") == len(flags) else flags
 
-    async def _claim(self, claimed: list[RpcMessage | MalformedRpc]) -> list[Any]:
+    async def _claim(self, claimed: list[RpcMessage | MalformedRpc], queue: str | None = None
+                     ) -> list[Any]:
         """Claim `claimed` (1: live, taken by us; 0: expired), recording who took the calls
-        of shared reply lists when worker_ttl is set."""
+        of shared reply lists when worker_ttl is set. `queue`: cluster mode, where they
+        were popped (every key of the script is in its slot)."""
         ids = [item.id or "" for item in claimed]  # each has an id (see _live)
-        keys = [expiry_key(call_id) for call_id in ids]
-        flags = self._flags(claimed)
+        if queue is None:
+            keys = [expiry_key(call_id) for call_id in ids]
+        else:
+            keys = [cluster_expiry_key(queue, call_id) for call_id in ids]
+        flags = self._flags(claimed, queue)
         transport = self.transport
         if flags is None:
             return list(await transport.scripts.run(transport.redis, "claim", keys, []))
-        keys += [claim_key(call_id) for call_id in ids]
-        keys.append(self.worker_key)
+        if queue is None:
+            keys += [claim_key(call_id) for call_id in ids]
+            keys.append(self.worker_key or "")
+        else:
+            keys += [cluster_claim_key(queue, call_id) for call_id in ids]
+            keys.append(self.worker_keys[queue])
         replies = list(await transport.scripts.run(
             transport.redis, "claim_recording", keys, [self.worker_ttl_ms, flags]))
         refused = replies.pop()
@@ -363,12 +535,15 @@ class RedisRpcConsumer(RpcConsumer):
                 item.claim_recorded = True  # type: ignore[union-attr]  (flags: RpcMessage)
         if self.heartbeat is None:
             # The claim script made the liveness key; from now on a thread keeps it alive.
-            self.heartbeat = Heartbeat(transport.url, self.worker_key or "",
-                                       transport.worker_ttl or 1.0, transport.socket_timeout)
+            keys = list(self.worker_keys.values()) if transport.cluster \
+                else [self.worker_key or ""]
+            self.heartbeat = Heartbeat(transport.url, keys, transport.worker_ttl or 1.0,
+                                       transport.socket_timeout)
             self.heartbeat.start()
         return replies
 
-    async def _live(self, raw: list[bytes]) -> list[RpcMessage | MalformedRpc]:
+    async def _live(self, raw: list[bytes], queue: str | None = None
+                    ) -> list[RpcMessage | MalformedRpc]:
         """Decode calls and drop those whose expiry key is gone (their caller gave up).
 
         Each call stands alone: one that cannot be decoded is a MalformedRpc and the rest of
@@ -380,7 +555,7 @@ class RedisRpcConsumer(RpcConsumer):
         claimed = [item for item in decoded if item.id]
         if not claimed:
             return decoded
-        replies = await self._claim(claimed)
+        replies = await self._claim(claimed, queue)
         expired = {id(item) for item, alive in zip(claimed, replies, strict=True)
                    if alive != 1}
         if not expired:

@@ -1,4 +1,7 @@
-"""Schema transport: `schema:{api}` keys with a TTL, indexed by the `schemas` set."""
+"""Schema transport: `schema:{api}` keys with a TTL, indexed by the `schemas` set.
+
+The same keys on a Redis Cluster (each command touches one key; loading reads them with
+GETs grouped by slot, `mget_nonatomic`, instead of one MGET)."""
 
 from __future__ import annotations
 
@@ -46,7 +49,10 @@ class RedisSchemaTransport(RedisTransport, SchemaTransport):
                            if name is not None and valid_api_name(name))
             if not names:
                 return {}
-            values = await self.redis.mget([schema_key(n) for n in names])
+            keys = [schema_key(n) for n in names]
+            # A cluster spreads the keys over slots: GETs grouped by slot and node instead.
+            values = await (self.redis.mget_nonatomic(keys) if self.cluster
+                            else self.redis.mget(keys))
             loaded = {}
             for name, value in zip(names, values, strict=True):
                 if value is None:
