@@ -263,9 +263,28 @@ class RedisEventTransport(RedisTransport, EventTransport):
             pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
         if not self.min_replicas:
             return list(await pipe.execute())
-        pipe.wait(self.min_replicas, max(1, int(self.min_replicas_timeout * 1000)))
+        wait_ms = max(1, int(self.min_replicas_timeout * 1000))
+        if self.cluster:
+            return await self._send_batch_waiting_per_node(pipe, events, wait_ms)
+        pipe.wait(self.min_replicas, wait_ms)
         *entry_ids, replicas = await pipe.execute()
         return [(entry_id, int(replicas)) for entry_id in entry_ids]
+
+    async def _send_batch_waiting_per_node(self, pipe: Any, events: list[tuple[str, Any]],
+                                           wait_ms: int) -> list[Any]:
+        """Cluster mode, min_replicas: WAIT has no key, so it is sent to each node that
+        takes XADDs of the batch, after them, in the same per-node part of the pipeline
+        (one connection per node): each event gets the count of its own node."""
+        nodes = [await self.shared.node_for_key(stream) for stream, _ in events]
+        distinct = list({node.name: node for node in nodes}.values())
+        for node in distinct:
+            pipe.execute_command("WAIT", self.min_replicas, wait_ms, target_nodes=node)
+        replies = await pipe.execute()
+        entry_ids, waits = replies[:len(events)], replies[len(events):]
+        confirmed = {node.name: int(count) for node, count in zip(distinct, waits,
+                                                                   strict=True)}
+        return [(entry_id, confirmed[node.name])
+                for entry_id, node in zip(entry_ids, nodes, strict=True)]
 
     # -- consuming -----------------------------------------------------------------------
 
@@ -385,6 +404,12 @@ class RedisEventConsumer(EventConsumer):
         self._outstanding: set[tuple[str, str]] = set()  # handed out, not yet settled
         self._heartbeat: asyncio.Task[None] | None = None
         self.wanted: set[tuple[str, str]] = set(wanted)
+        # Cluster mode: a blocking read of its own in flight per stream, and what the
+        # finished ones brought beyond what was handed out (see _read_by_stream).
+        self._reads: dict[str, asyncio.Task[list[Any]]] = {}
+        self._unread: dict[str, list[Any]] = {stream: [] for stream in streams}
+        self._stream_clients: dict[str, BlockingClient] = {}
+        self._next_stream = 0
 
     async def receive(self, limit: int) -> Sequence[EventDelivery]:
         try:
@@ -436,6 +461,8 @@ class RedisEventConsumer(EventConsumer):
     async def _read_own_pending(self, limit: int) -> list[EventDelivery]:
         """The next page of entries this consumer held unacknowledged when it stopped."""
         assert self._pending_cursor is not None
+        if self.transport.cluster:
+            return await self._read_own_pending_by_stream(limit)
         reply = await self.transport.redis.xreadgroup(self.group, self.consumer,
                                                       self._pending_cursor, count=limit)
         if not any(entries for _, entries in reply or ()):
@@ -446,8 +473,84 @@ class RedisEventConsumer(EventConsumer):
                 self._pending_cursor[_text(raw_stream)] = _text(entries[-1][0])
         return await self._deliveries(reply, await self._delivery_counts(reply))
 
+    async def _read_own_pending_by_stream(self, limit: int) -> list[EventDelivery]:
+        """Cluster mode: the same, one stream at a time (XREADGROUP cannot span slots)."""
+        cursor = self._pending_cursor
+        assert cursor is not None
+        for stream in list(cursor):
+            reply = await self.transport.redis.xreadgroup(
+                self.group, self.consumer, {stream: cursor[stream]}, count=limit)
+            entries = [(raw_stream, rows) for raw_stream, rows in reply or () if rows]
+            if not entries:
+                del cursor[stream]
+                continue
+            cursor[stream] = _text(entries[-1][1][-1][0])
+            return await self._deliveries(entries, await self._delivery_counts(entries))
+        self._pending_cursor = None
+        return []
+
+    async def _read_by_stream(self, limit: int, block: int) -> list[EventDelivery]:
+        """Cluster mode: the streams may be on different nodes and one XREADGROUP cannot
+        span slots, so each stream has one blocking read of its own in flight (each on a
+        connection of its own, blocking up to `blocking_timeout`: a quiet listener costs no
+        CPU, and an entry on any stream is seen at once). This waits up to `block` ms for
+        one to finish, then hands out what the finished reads brought, up to `limit`,
+        starting with a different stream each time; the rest waits for the next receive
+        (those entries are already pending on this consumer: nothing is lost, and they are
+        reclaimed elsewhere if this process dies). Reads are not cancelled until close."""
+        loop = asyncio.get_running_loop()
+        timeout_ms = max(1, int(self.transport.blocking_timeout * 1000))
+        for stream in self.streams:
+            if stream not in self._reads and not self._unread[stream]:
+                self._reads[stream] = loop.create_task(
+                    self._read_stream(stream, limit, timeout_ms),
+                    name=f"bus:event-read:{self.group}:{stream}")
+        if not any(self._unread.values()):
+            await asyncio.wait(list(self._reads.values()), timeout=block / 1000,
+                               return_when=asyncio.FIRST_COMPLETED)
+        failure: BaseException | None = None
+        for stream, task in list(self._reads.items()):
+            if not task.done():
+                continue
+            del self._reads[stream]
+            error = task.exception() if not task.cancelled() else asyncio.CancelledError()
+            if error is None:
+                self._unread[stream] += task.result()
+                continue
+            client = self._stream_clients.pop(stream, None)
+            if client is not None:
+                await client.close()
+            failure = failure or error
+        order = self.streams[self._next_stream:] + self.streams[:self._next_stream]
+        self._next_stream = (self._next_stream + 1) % len(self.streams)
+        reply: list[tuple[str, list[Any]]] = []
+        room = limit
+        for stream in order:
+            if room <= 0:
+                break
+            rows = self._unread[stream]
+            if rows:
+                reply.append((stream, rows[:room]))
+                self._unread[stream] = rows[room:]
+                room -= len(reply[-1][1])
+        if not reply and failure is not None:
+            raise failure
+        return await self._deliveries(reply, {})
+
+    async def _read_stream(self, stream: str, limit: int, block: int) -> list[Any]:
+        """One blocking XREADGROUP of new entries on `stream` (a cluster client of its
+        own, following MOVED and failovers); its entries, or []."""
+        client = self._stream_clients.get(stream)
+        if client is None:
+            client = self._stream_clients[stream] = BlockingClient(self.transport.shared)
+        reply = await client.client.xreadgroup(self.group, self.consumer, {stream: ">"},
+                                               count=limit, block=block)
+        return [row for _, rows in reply or () for row in rows]
+
     async def _read(self, limit: int, position: str, block: int) -> list[EventDelivery]:
         """New entries (position ">"), waiting up to `block` ms on the blocking link."""
+        if self.transport.cluster:
+            return await self._read_by_stream(limit, block)
         streams = dict.fromkeys(self.streams, position)
         try:
             reply = await self._blocking.client.xreadgroup(
@@ -603,15 +706,28 @@ class RedisEventConsumer(EventConsumer):
             pipe = transport.redis.pipeline(transaction=False)
             for stream, ids in by_stream.items():
                 pipe.xack(stream, self.group, *ids)
-            if wait_for:
-                pipe.wait(wait_for, max(1, int(transport.min_replicas_timeout * 1000)))
+            wait_ms = max(1, int(transport.min_replicas_timeout * 1000))
+            waits = 0
+            if wait_for and transport.cluster:  # WAIT on each node that took XACKs
+                nodes = {}
+                for stream in by_stream:
+                    node = await transport.shared.node_for_key(stream)
+                    nodes[node.name] = node
+                for node in nodes.values():
+                    pipe.execute_command("WAIT", wait_for, wait_ms, target_nodes=node)
+                waits = len(nodes)
+            elif wait_for:
+                pipe.wait(wait_for, wait_ms)
+                waits = 1
             replies = await pipe.execute()
-            if wait_for and int(replies[-1]) < wait_for:
+            confirmed = min((int(count) for count in replies[len(replies) - waits:]),
+                            default=wait_for)
+            if wait_for and confirmed < wait_for:
                 # Acknowledged on the master: a failover now may only bring them back.
                 transport._unconfirmed_acks.warning(
                     "acknowledging %d event(s) of %s: %d of the %d replica(s) asked for "
                     "confirmed within %gs; after a failover they may be delivered again",
-                    len(deliveries), self.group, int(replies[-1]), wait_for,
+                    len(deliveries), self.group, confirmed, wait_for,
                     transport.min_replicas_timeout)
 
         await redis_call(transport.url, "cannot acknowledge events", ack)
@@ -637,6 +753,15 @@ class RedisEventConsumer(EventConsumer):
         self._outstanding.discard((delivery.stream, delivery.native_id))
 
         async def move() -> None:
+            if transport.cluster:
+                # The dead-letter stream hashes apart from its stream: XADD, then XACK
+                # (not atomic: a crash between them leaves the entry pending, so it is
+                # dead-lettered again by whoever reclaims it: a duplicate, never a loss).
+                await transport.redis.xadd(
+                    transport.dead_letter_stream(delivery.stream), fields,
+                    maxlen=transport.max_stream_length or None, approximate=True)
+                await transport.redis.xack(delivery.stream, self.group, delivery.native_id)
+                return
             pipe = transport.redis.pipeline(transaction=True)
             pipe.xadd(transport.dead_letter_stream(delivery.stream), fields,
                       maxlen=transport.max_stream_length or None, approximate=True)
@@ -653,5 +778,15 @@ class RedisEventConsumer(EventConsumer):
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._heartbeat
+        reads, self._reads = self._reads, {}
+        for task in reads.values():
+            task.cancel()
+        for task in reads.values():  # what a cancelled read took stays pending: reclaimed
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        clients, self._stream_clients = self._stream_clients, {}
+        for client in clients.values():
+            await client.close()
+        self._unread = {stream: [] for stream in self.streams}
         await self._blocking.close()
 
