@@ -70,9 +70,11 @@ def url(cluster: RedisClusterSet) -> str:
 
 
 def raw_cluster(url: str) -> redis.RedisCluster:
-    first = url[len("redis+cluster://"):].split(",")[0]
-    host, port = first.split(":")
-    return redis.RedisCluster(host=host, port=int(port))
+    """A plain redis-py cluster client, for looking at what Bus wrote."""
+    hosts = url[len("redis+cluster://"):].rstrip("/").split(",")
+    return redis.RedisCluster(startup_nodes=[
+        redis.cluster.ClusterNode(host, int(port))
+        for host, port in (entry.split(":") for entry in hosts)])
 
 
 def make_bus(url: str, service: str, process: str | None = None, *,
@@ -338,7 +340,7 @@ def write_project(folder: Path, url: str) -> Path:
         f"bus:\n  schema: {{transport: {transport}}}\n"
         f"apis:\n  default:\n    rpc_transport: {transport}\n"
         f"    result_transport: {transport}\n    event_transport: {transport}\n"
-        "plugins:\n  state: {enabled: true, ping_interval: 0.3, grace: 0.3}\n")
+        "plugins:\n  state: {enabled: true, ping_interval: 2, grace: 1}\n")
     return folder
 
 

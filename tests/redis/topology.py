@@ -238,7 +238,10 @@ class RedisClusterSet:
             folder.mkdir(parents=True, exist_ok=True)
             node = RedisServer(free_port(), folder, extra=(
                 "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
-                "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000"))
+                "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000",
+                # no 5 s wait before a replica's first full sync: a replica that never
+                # synced cannot be promoted
+                "--repl-diskless-sync-delay", "0"))
             node.start()
             self.nodes.append(node)
         cli = shutil.which("redis-cli")
@@ -256,7 +259,37 @@ class RedisClusterSet:
                 wait_for(lambda client=client: client.cluster("info")
                          .get("cluster_state") == "ok",
                          f"cluster node {node.port} to report cluster_state:ok")
+        if self.replicas_per_master:
+            self.wait_replicated()
         return self
+
+    def masters_now(self) -> list[RedisServer]:
+        """The running nodes that are masters now."""
+        masters = []
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            with node.client() as client:
+                if _info(client, "replication").get("role") == "master":
+                    masters.append(node)
+        return masters
+
+    def wait_replicated(self, timeout: float = 20.0) -> None:
+        """Until every master has its replicas attached and in sync (only a replica that
+        synced can be promoted when its master fails)."""
+        def synced() -> bool:
+            masters = self.masters_now()
+            if len(masters) != self.masters:
+                return False
+            for master in masters:
+                with master.client() as client:
+                    info = _info(client, "replication")
+                    if info.get("connected_slaves", 0) < self.replicas_per_master or not all(
+                            info.get(f"slave{n}", {}).get("state") == "online"
+                            for n in range(self.replicas_per_master)):
+                        return False
+            return True
+        wait_for(synced, "every cluster master's replicas to be in sync", timeout)
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -29,9 +29,11 @@ from redis.crc import key_slot
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
+    ClusterError,
     RedisClusterException,
     RedisClusterUnreachableError,
     RedisError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -40,6 +42,8 @@ from bus_core.errors import ConfigError, TransportError, TransportUnavailable
 from bus_core.redaction import redact_url as redact
 
 T = TypeVar("T")
+# Cluster: seconds a command split by a slot migration is retried before it fails.
+SLOT_MIGRATION_PATIENCE = 5.0
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Any]] = (
@@ -379,12 +383,29 @@ class WaitingCluster(RedisCluster):
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         if _holding_permit.get():  # a command run by one that already holds a permit
             return await super().execute_command(*args, **kwargs)
-        async with self._permits:
-            token = _holding_permit.set(True)
+        delay, deadline = 0.02, None
+        while True:
             try:
-                return await super().execute_command(*args, **kwargs)
-            finally:
-                _holding_permit.reset(token)
+                async with self._permits:
+                    token = _holding_permit.set(True)
+                    try:
+                        return await super().execute_command(*args, **kwargs)
+                    finally:
+                        _holding_permit.reset(token)
+            except (TryAgainError, ClusterError) as exc:
+                # The command's slot is being migrated: its keys are split between two
+                # nodes (TRYAGAIN), or the redirections ran out (redis-py sends ASKING
+                # and the redirected command on two pooled connections, so the importing
+                # node may answer MOVED back). Neither ran the command; once the slot's
+                # move ends, MOVED leads to its new node. Try again until then.
+                if isinstance(exc, ClusterError) and "TTL exhausted" not in str(exc):
+                    raise
+                now = asyncio.get_running_loop().time()
+                deadline = deadline or now + SLOT_MIGRATION_PATIENCE
+                if now >= deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
         pipe = super().pipeline(transaction, shard_hint)
