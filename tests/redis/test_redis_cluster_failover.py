@@ -195,3 +195,38 @@ def test_the_topology_helpers_see_replicas(cluster: RedisClusterSet) -> None:
     assert sorted(roles) == ["master"] * 3 + ["slave"] * 3
     with raw_cluster(cluster.url) as raw:
         assert isinstance(raw, redis.RedisCluster)
+
+
+async def test_min_replicas_waits_on_the_nodes_that_took_the_writes(
+        cluster: RedisClusterSet) -> None:
+    """WAIT has no key: it must reach the node of each stream, after its XADDs. With the
+    replica of shop's stream node frozen, shop's fires are not confirmed and auth's are
+    (on another node, whose replica is fine)."""
+    from bus_redis.event import ReplicationNotConfirmed
+
+    config = redis_config(cluster.url)
+    config["apis"]["default"]["event_transport"] = {"redis": {
+        "url": cluster.url, "min_replicas": 1, "min_replicas_timeout": 0.5}}
+    bus = bus_core.create(config, service_name="replicated")
+    bus.client.register_api(ShopApi())
+    bus.client.register_api(AuthApi())
+    owner = node_owning(cluster, "shop.*:stream")
+    assert owner.port != node_owning(cluster, "auth.*:stream").port
+    replica = None
+    for node in cluster.nodes:
+        with node.client() as client:
+            info = client.info("replication")
+            if info["role"] == "slave" and int(info["master_port"]) == owner.port:
+                replica = node
+    assert replica is not None and replica.process is not None
+    try:
+        replica.process.send_signal(signal.SIGSTOP)
+        fires = [bus.shop.ordered.fire_async(item=f"i{n}") for n in range(3)]
+        fires += [bus.auth.user_registered.fire_async(username=f"u{n}", email="e")
+                  for n in range(3)]
+        outcomes = await asyncio.gather(*fires, return_exceptions=True)
+        assert all(isinstance(o, ReplicationNotConfirmed) for o in outcomes[:3]), outcomes
+        assert all(isinstance(o, EventMessage) for o in outcomes[3:]), outcomes
+    finally:
+        replica.process.send_signal(signal.SIGCONT)
+        await bus.client.close_async()
