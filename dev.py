@@ -7,7 +7,8 @@
     python3 dev.py setup    only (re)install
 
 Needs nothing but Python 3.10+ and network access to PyPI. Set-up is skipped while no
-`pyproject.toml` of the workspace has changed since the last install.
+`pyproject.toml` of the workspace (nor the root's `setup.py`) has changed since the last
+install.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def _fingerprint() -> str:
     digest = hashlib.sha256()
     for member in MEMBERS:
         digest.update((ROOT / member / "pyproject.toml").read_bytes())
+    digest.update((ROOT / "setup.py").read_bytes())  # bus-core's dependencies
     return digest.hexdigest()
 
 
@@ -54,7 +56,10 @@ def setup(force: bool = False) -> Path:
         path = str(ROOT / member)
         targets += ["-e", path + "[dev]" if member == "." else path]
     # Quiet the build backend's per-package "editable installation" notices (a screenful).
-    quiet = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    # bus-core depends on bus-memory; installed from a checkout that is a direct reference to
+    # transports_memory/ (setup.py), which pip refuses next to the editable install of that
+    # same folder below: here the requirement is by name, which the editable one satisfies.
+    quiet = {**os.environ, "PYTHONWARNINGS": "ignore", "BUS_MEMORY_REQUIREMENT": "bus-memory"}
     subprocess.run([*pip, *targets], check=True, env=quiet)
     STAMP.write_text(fingerprint)
     return python

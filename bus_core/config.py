@@ -86,6 +86,7 @@ def _transport_choice(plugins: PluginManager | None, kind: str) -> dict[str, Any
         "maxProperties": 1,
         "properties": names,
         "additionalProperties": False,
+        "x-transport-kind": kind,
         "x-hint": f"name exactly one {kind} transport as a key, e.g. memory: {{}} "
                   f"(installed: {installed})",
     }
@@ -401,15 +402,18 @@ def check_values(document: Any, origin: str) -> None:
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def substitute_env(value: Any, environ: Mapping[str, str] | None = None, path: str = "") -> Any:
+def substitute_env(value: Any, environ: Mapping[str, str] | None = None, path: str = "",
+                   origin: str = "") -> Any:
     """Replace `${NAME}` and `${NAME:-default}` in every string. A string that is exactly one
-    reference takes the YAML type of what it expands to (`${PORT:-6379}` is an int)."""
+    reference takes the YAML type of what it expands to (`${PORT:-6379}` is an int). An unset
+    variable without a default is a ConfigError naming `origin` (the file) and the path."""
     environ = os.environ if environ is None else environ
     if isinstance(value, dict):
-        return {k: substitute_env(v, environ, f"{path}.{k}" if path else str(k))
+        return {k: substitute_env(v, environ, f"{path}.{k}" if path else str(k), origin)
                 for k, v in value.items()}
     if isinstance(value, list):
-        return [substitute_env(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [substitute_env(v, environ, f"{path}[{i}]", origin)
+                for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
 
@@ -419,9 +423,10 @@ def substitute_env(value: Any, environ: Mapping[str, str] | None = None, path: s
             return environ[name]
         if default is not None:
             return default
+        where = f"{origin}: " if origin and origin != "config" else ""
         raise ConfigError(
-            f"{path or 'config'}: environment variable {name} is not set; set it or write "
-            f"${{{name}:-default}}"
+            f"{where}{path or 'config'}: environment variable {name} is not set; set it or "
+            f"write ${{{name}:-default}}"
         )
 
     parts = value.split("$${")  # `$${` is a literal `${`
@@ -479,23 +484,64 @@ def _format_checker() -> jsonschema.FormatChecker:
     return checker
 
 
+def as_yaml(value: Any, limit: int = 80) -> str:
+    """`value` as it would be written in YAML (`true`, `null`, `{enabled: true}`, `'text'`),
+    for messages about a config, which is YAML to its reader, not Python."""
+    if isinstance(value, str):
+        text = "'" + value.replace("'", "''") + "'"
+    else:
+        try:
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**6,
+                                  allow_unicode=True).strip()
+        except yaml.YAMLError:
+            text = repr(value)
+        text = text.removesuffix("\n...").removesuffix("...").strip()
+    return text if len(text) <= limit else text[:limit - 4] + " ..."
+
+
+def _error_line(error: jsonschema.ValidationError,
+                plugins: PluginManager | None) -> str:
+    """One line for one schema error: its path, and the problem in the config's own terms."""
+    path = _path_of(error)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    message = error.message
+    if error.validator == "format" and error.cause is not None:
+        message = str(error.cause)  # the check's own words, not "... is not a 'format'"
+    elif message.startswith(repr(error.instance)):
+        message = as_yaml(error.instance) + message[len(repr(error.instance)):]
+    kind = schema.get("x-transport-kind")
+    if kind and error.validator == "additionalProperties" and plugins is not None \
+            and isinstance(error.instance, Mapping):
+        known = [name for (k, name) in plugins.transports if k == kind]
+        unknown = [str(name) for name in error.instance if name not in known]
+        if unknown:
+            return f"{path}: {unknown[0]!r} was unexpected: " + plugins.missing(
+                "transport", unknown[0], known, kind=kind)
+    if error.validator == "type" and "object" in _as_list(error.validator_value):
+        key = path.rsplit(".", 1)[-1]
+        fix = (f"write {key}: {{enabled: {as_yaml(error.instance)}}}"
+               if isinstance(error.instance, bool) and path.startswith("plugins.")
+               else f"write {key}: followed by its keys, one per line")
+        return f"{path}: {as_yaml(error.instance)} is not a mapping; {fix}"
+    line = f"{path}: {message}"
+    hint = schema.get("x-hint")
+    return f"{line} ({hint})" if hint else line
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
 def validate_document(document: Mapping[str, Any], schema: Mapping[str, Any],
-                      origin: str = "config") -> None:
+                      origin: str = "config", plugins: PluginManager | None = None) -> None:
+    """Validate `document` against `schema`; a ConfigError lists up to ten problems, each
+    with its path. `plugins` lets a missing transport name the distribution to install."""
     validator = jsonschema.Draft202012Validator(schema, format_checker=_format_checker())
     errors = sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.path)))
     if not errors:
         return
-    lines = []
-    for error in errors[:10]:
-        best = jsonschema.exceptions.best_match([error])
-        message = best.message
-        if best.validator == "format" and best.cause is not None:
-            message = str(best.cause)  # the check's own words, not "... is not a 'format'"
-        line = f"{_path_of(best)}: {message}"
-        hint = best.schema.get("x-hint") if isinstance(best.schema, dict) else None
-        if hint:
-            line += f" ({hint})"
-        lines.append(line)
+    lines = [_error_line(jsonschema.exceptions.best_match([error]), plugins)
+             for error in errors[:10]]
     more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
     # Messages quote the bad value: a URL in it loses its password.
     raise ConfigError(redact_text(f"{origin} is invalid:\n  " + "\n  ".join(lines) + more))
@@ -614,13 +660,18 @@ class Config:
 
     def selected_transports(self) -> set[tuple[str, str]]:
         """Every (kind, name) any API (or the schema) may use."""
-        selected = set()
+        return {(kind, name) for _, kind, name in self.transport_selections()}
+
+    def transport_selections(self) -> list[tuple[str, str, str]]:
+        """(config path, kind, name) of every transport selection, defaults included
+        (`apis.default.rpc_transport`, ..., `bus.schema.transport`)."""
+        selections = []
         for api_name in ("default", *self._api_overrides):
             api = self.api(api_name)
-            for kind in TRANSPORT_KEYS:
-                selected.add((kind, api.transport(kind)[0]))
-        selected.add(("schema", self.schema_transport()[0]))
-        return selected
+            for kind, key in TRANSPORT_KEYS.items():
+                selections.append((f"apis.{api_name}.{key}", kind, api.transport(kind)[0]))
+        selections.append(("bus.schema.transport", "schema", self.schema_transport()[0]))
+        return selections
 
     def schema_transport(self) -> tuple[str, dict[str, Any]]:
         ((name, options),) = self.bus["schema"]["transport"].items()
@@ -645,13 +696,63 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None,
         origin = redact_url(location)  # what messages show
         document = read_document(location, plugins)
     check_size(document, origin)
-    document = substitute_env(document, environ)
+    document = substitute_env(document, environ, origin=origin)
     check_values(document, origin)
     document = _accept_lightbus_settings(document, origin)
     schema = config_schema(plugins)
-    validate_document(document, schema, origin)
+    validate_document(document, schema, origin, plugins)
     _apply_plugin_defaults(document, schema)
-    return Config(document, default_service_name=default_service_name)
+    config = Config(document, default_service_name=default_service_name)
+    check_against_plugins(config, plugins, origin)
+    return config
+
+
+def check_against_plugins(config: Config, plugins: PluginManager, origin: str = "config") -> None:
+    """What the schema cannot say, because it depends on what is installed and loaded: the
+    serializer exists; every plugin the config enables loaded (one that failed would leave
+    a validation, audit or security plugin silently off); no plugin whose transport or
+    serializer the config selects is switched off. Raises ConfigError naming `origin`."""
+    problems: list[str] = []
+    serializer = config.bus["serializer"]
+    if serializer not in plugins.serializers:
+        problems.append("bus.serializer: " + plugins.missing("serializer", serializer,
+                                                             list(plugins.serializers)))
+    for path, kind, name in config.transport_selections():
+        if (kind, name) not in plugins.transports:  # a default: explicit ones are validated
+            known = [n for (k, n) in plugins.transports if k == kind]
+            problems.append(f"{path} (default {name}): "
+                            + plugins.missing("transport", name, known, kind=kind))
+    in_use = _plugins_in_use(config, plugins)
+    for name, section in config.plugins.items():
+        flag = section.get("enabled") if isinstance(section, Mapping) else None
+        info = plugins.infos.get(name)
+        if flag is True and info is not None and info.status == "failed":
+            problems.append(f"plugins.{name}.enabled is true, but plugin {name!r} "
+                            f"({info.distribution or info.module}) failed to load: "
+                            f"{info.error}")
+        elif flag is False and name in in_use:
+            where = in_use[name]
+            more = f" (and {len(where) - 1} more)" if len(where) > 1 else ""
+            problems.append(
+                f"plugins.{name}.enabled is false, but the config uses its {where[0][1]} at "
+                f"{where[0][0]}{more}: messages would still go through it. Select another "
+                f"one there, or remove `enabled: false`")
+    if problems:
+        raise ConfigError(f"{origin} is invalid:\n  " + "\n  ".join(problems))
+
+
+def _plugins_in_use(config: Config, plugins: PluginManager) -> dict[str, list[tuple[str, str]]]:
+    """plugin name -> [(config path, "memory transport"/"json serializer")] it serves."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for path, kind, name in config.transport_selections():
+        entry = plugins.transports.get((kind, name))
+        if entry is not None:
+            found.setdefault(entry.plugin_name, []).append((path, f"{name} transport"))
+    serializer = plugins.serializers.get(config.bus["serializer"])
+    if serializer is not None:
+        found.setdefault(serializer[1], []).append(
+            ("bus.serializer", f"{config.bus['serializer']} serializer"))
+    return found
 
 
 # Settings of a Lightbus 1.x config that mean nothing to Bus: dropped with a warning, so an

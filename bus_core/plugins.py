@@ -74,6 +74,24 @@ class CommandEntry:
     plugin_name: str
 
 
+# The distribution that provides each plugin (and transport) name Bus's own packages
+# register, for "not installed" errors: what to pip install.
+KNOWN_DISTRIBUTIONS = {
+    "json": "bus-core", "config_sources": "bus-core", "memory": "bus-memory",
+    "redis": "bus-redis", "schema": "bus-schema", "state": "bus-state",
+    "metrics": "bus-metrics", "otel": "bus-otel", "web": "bus-web", "outbox": "bus-outbox",
+}
+
+
+def install_hint(name: str) -> str:
+    """What to install to get the plugin or transport called `name`."""
+    distribution = KNOWN_DISTRIBUTIONS.get(name)
+    if distribution:
+        return f"pip install {distribution}"
+    return ("install the distribution that provides it (Bus plugins are published as "
+            "bus-<feature>)")
+
+
 def disabled_from_env() -> set[str]:
     raw = os.environ.get("BUS_DISABLED_PLUGINS", "")
     return {name.strip() for name in raw.split(",") if name.strip()}
@@ -274,15 +292,18 @@ class PluginManager:
                 if name not in self.infos:
                     raise PluginError(
                         f"plugins.{name}.enabled is true but no plugin named {name!r} is "
-                        f"installed; installed: {', '.join(sorted(self.infos)) or 'none'}"
+                        f"installed: {install_hint(name)} (installed: "
+                        f"{', '.join(sorted(self.infos)) or 'none'})"
                     )
-                if self.infos[name].status != "loaded":
-                    info = self.infos[name]
-                    why = ("blocked by BUS_DISABLED_PLUGINS" if info.status == "blocked"
-                           else f"failed to load: {info.error}" if info.error
-                           else "failed to load")
-                    logger.warning("plugin %r is enabled in the config but %s; its section is "
-                                   "not checked and it does not run", name, why)
+                info = self.infos[name]
+                if info.status == "failed":  # a plugin the config relies on is missing
+                    raise PluginError(f"plugins.{name}.enabled is true, but plugin {name!r} "
+                                      f"({info.distribution or info.module}) failed to load: "
+                                      f"{info.error}")
+                if info.status == "blocked":  # a deliberate off switch
+                    logger.warning("plugin %r is enabled in the config but blocked by "
+                                   "BUS_DISABLED_PLUGINS; its section is not checked and it "
+                                   "does not run", name)
                     continue
                 enabled.add(name)
             elif flag is False:
@@ -308,20 +329,31 @@ class PluginManager:
         entry = self.transports.get((kind, name))
         if entry is None:
             known = sorted(n for k, n in self.transports if k == kind)
-            raise TransportNotFound(
-                f"no {kind} transport named {name!r} is installed; installed {kind} "
-                f"transports: {', '.join(known) or 'none'} (is its plugin pip-installed and "
-                f"not in BUS_DISABLED_PLUGINS?)"
-            )
+            raise TransportNotFound(self.missing("transport", name, known, kind=kind))
         return entry
 
     def serializer(self, name: str) -> Serializer:
         if name not in self.serializers:
-            raise TransportNotFound(
-                f"no serializer named {name!r} is installed; installed: "
-                f"{', '.join(sorted(self.serializers)) or 'none'}"
-            )
+            raise TransportNotFound(self.missing("serializer", name, list(self.serializers)))
         return self.serializers[name][0]()
+
+    def missing(self, what: str, name: str, installed: Iterable[str], *, kind: str = "") -> str:
+        """Why no `what` (transport, serializer) called `name` is available, and the fix:
+        blocked by BUS_DISABLED_PLUGINS, failed to load, or not installed (naming the
+        distribution to install)."""
+        label = f"{kind} {what}" if kind else what
+        known = ", ".join(sorted(installed)) or "none"
+        info = self.infos.get(name)
+        if info is not None and info.status == "blocked":
+            return (f"the {label} {name!r} is unavailable: its plugin {name!r} is blocked by "
+                    f"BUS_DISABLED_PLUGINS (installed: {known})")
+        if info is not None and info.status == "failed":
+            return (f"the {label} {name!r} is unavailable: its plugin {name!r} failed to "
+                    f"load: {info.error}")
+        close = difflib.get_close_matches(name, sorted(installed), n=1)
+        guess = f"did you mean {close[0]!r}? " if close else ""
+        return (f"no {label} named {name!r} is installed: {guess}{install_hint(name)} "
+                f"(installed: {known})")
 
     def config_source(self, scheme: str) -> Callable[[str], Any] | None:
         found = self.config_sources.get(scheme)

@@ -187,11 +187,11 @@ def test_a_bus_module_that_fails_to_import_is_reported_without_a_traceback(tmp_p
 
 def test_common_options_work_at_every_level(tmp_path):
     config = tmp_path / "bus.yaml"
-    config.write_text("plugins: {memory: {enabled: false}}\n")
+    config.write_text("plugins: {metrics: {enabled: true}}\n")
     for args in (["plugins", "-c", str(config), "list", "--json"],
                  ["plugins", "list", "--json", "--config", str(config)]):
         rows = {row["name"]: row for row in json.loads(bus(*args).stdout)}
-        assert rows["memory"]["enabled"] is False, args
+        assert rows["metrics"]["enabled"] is True, args
 
 
 def test_run_rejects_unknown_features(tmp_path):
@@ -215,12 +215,12 @@ def test_plugins_list_reflects_the_config_and_survives_broken_plugins(tmp_path):
     fake_distribution(tmp_path, "bus-broken", {"broken": "bus_broken"},
                       {"bus_broken": "raise RuntimeError('half installed')\n"})
     config = tmp_path / "bus.yaml"
-    config.write_text("plugins: {memory: {enabled: false}}\n")
+    config.write_text("plugins: {metrics: {enabled: true}}\n")
     result = bus("plugins", "list", "--json", "-c", str(config),
                  env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert rows["memory"]["enabled"] is False
+    assert rows["metrics"]["enabled"] is True
     assert rows["broken"]["status"] == "failed" and "half installed" in rows["broken"]["error"]
     assert "bus-broken failed to import" in result.stderr
 

@@ -142,9 +142,10 @@ def test_bus_disabled_plugins_blocks_by_name(fake_site, monkeypatch):
         bus_core.create({"apis": {"default": {"rpc_transport": {"memory": {}}}}})
 
 
-def test_a_blocked_or_broken_plugins_section_is_left_alone_with_a_warning(
+def test_a_blocked_plugins_section_is_left_alone_with_a_warning(
         fake_site, monkeypatch, caplog):
-    """Blocking a plugin must not make the config that configures it invalid."""
+    """Blocking a plugin must not make the config that configures it invalid. (A plugin the
+    config enables that failed to load is an error: tests/core/test_plugin_failures.py.)"""
     fake_distribution(fake_site, "bus-recorder5", {"recorder5": "bus_recorder5"},
                       {"bus_recorder5": RECORDING_PLUGIN})
     fake_distribution(fake_site, "bus-typo2", {"typo2": "bus_typo2"}, {"bus_typo2": (
@@ -152,8 +153,8 @@ def test_a_blocked_or_broken_plugins_section_is_left_alone_with_a_warning(
     )})
     monkeypatch.setenv("BUS_DISABLED_PLUGINS", "recorder5")
     config = {"plugins": {"recorder5": {"enabled": True, "volume": 3},
-                          "typo2": {"enabled": True, "slow_ms": 5}}}
-    with pytest.warns(RuntimeWarning, match="typo2"):
+                          "typo2": {"enabled": False, "slow_ms": 5}}}
+    with pytest.warns(RuntimeWarning, match="typo2"):  # broken, installed, not enabled
         bus = bus_core.create(config)
     try:
         assert not {"recorder5", "typo2"} & bus.client.plugins.enabled
@@ -162,8 +163,6 @@ def test_a_blocked_or_broken_plugins_section_is_left_alone_with_a_warning(
     warned = [r.getMessage() for r in caplog.records if r.name == "bus.plugins"]
     assert ("plugin 'recorder5' is enabled in the config but blocked by BUS_DISABLED_PLUGINS; "
             "its section is not checked and it does not run") in warned
-    assert any(m.startswith("plugin 'typo2' is enabled in the config but failed to load: ")
-               and "bus_worker_startd" in m for m in warned), warned
 
 
 def test_the_kernel_fills_in_defaults_from_a_plugins_schema(fake_site):
