@@ -29,6 +29,7 @@ import time
 import uuid
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, ResponseError
 
 from bus_core.errors import MalformedMessage, RpcWorkerLost, TransportError
@@ -303,13 +304,33 @@ class RedisResultTransport(RedisTransport, ResultTransport):
         """Wait on a per-call result key (reply_list: per_call), as Lightbus callers do.
         Anything else found there (garbage, another call's result) is logged and skipped."""
         deadline = time.monotonic() + timeout
-        blocking = BlockingClient(self.shared)
+        blocking = BlockingClient(self.shared) if not self.cluster else None
+        node: Any = None  # cluster mode: a plain connection to the key's node
         try:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError
-                popped = await blocking.client.blpop([key], timeout=min(remaining, 5))
+                if blocking is not None:
+                    popped = await blocking.client.blpop([key], timeout=min(remaining, 5))
+                else:
+                    # Not a cluster client per call: each would fetch the topology and
+                    # the command table first. One connection to the owner; after a
+                    # MOVED (resharding, failover) or a dropped link, ask again.
+                    if node is None:
+                        node = await self.shared.node_client_for_key(key)
+                    try:
+                        popped = await node.blpop([key], timeout=min(remaining, 5))
+                    except (ResponseError, RedisConnectionError) as exc:
+                        if isinstance(exc, ResponseError) and not str(exc).startswith(
+                                ("MOVED", "ASK")):
+                            raise
+                        await node.aclose()
+                        node = None
+                        await asyncio.sleep(0.05)
+                        with contextlib.suppress(Exception):  # the cluster client follows
+                            await self.redis.exists(key)  # MOVED, learning the new owner
+                        continue
                 if popped is None:
                     continue
                 try:
@@ -324,7 +345,11 @@ class RedisResultTransport(RedisTransport, ResultTransport):
                                           "key of call %s", preview(result.rpc_message_id),
                                           preview(rpc_message.id))
         finally:
-            await blocking.close()
+            if blocking is not None:
+                await blocking.close()
+            if node is not None:
+                with contextlib.suppress(Exception):
+                    await node.aclose()
 
     def _ensure_reader(self) -> None:
         if self._reader is None or self._reader.done():
