@@ -9,10 +9,13 @@ Exit codes: 0 success, 1 failure, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
+import dataclasses
 import importlib
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -23,16 +26,17 @@ from typing import Any
 
 from bus_core import cli_messages, shell
 from bus_core.client import Bus
-from bus_core.config import config_schema, load_config
+from bus_core.config import Config, config_schema, load_config
 from bus_core.errors import BusError
 from bus_core.plugins import PluginInfo, PluginManager
-from bus_core.redaction import redact_url
+from bus_core.redaction import redact_text, redact_url
 
 _SKIP_DIRS = {".git", ".hg", ".venv", "venv", "env", "node_modules", "__pycache__",
               "site-packages", "build", "dist", ".tox", ".nox", ".mypy_cache", ".pytest_cache"}
 _SEARCH_DEPTH = 4
 FEATURES = ("rpcs", "events", "tasks")
 _LOADED_FROM: dict[int, str] = {}
+logger = logging.getLogger("bus.cli")
 
 
 class CommandFailed(BusError):
@@ -149,6 +153,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     bus = load_bus(args.bus)
     _configure_logging(args.log_level or bus.client.config.bus.get("log_level") or "INFO",
                        bus.client.config.bus.get("log_format"))
+    module_name = bus_module_name(bus)
+    module = sys.modules.get(module_name or "")
+    logger.info("bus module %s (%s)", module_name,
+                getattr(module, "__file__", None) or "no file")
     return bus.client.run_worker(rpcs="rpcs" in features, events="events" in features,
                                  tasks="tasks" in features)
 
@@ -214,18 +222,92 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclasses.dataclass
+class _Configured:
+    """One transport instance the config makes (as a client would: one per kind, name and
+    options), and the config paths that select it."""
+
+    kind: str
+    name: str
+    options: dict[str, Any]
+    paths: list[str]
+    instance: Any = None
+
+
+def _configured_transports(config: Config, manager: PluginManager) -> list[_Configured]:
+    """Build, without opening, every transport the config selects: a factory that refuses
+    its options fails here, as it would on the first call of a running service."""
+    found: dict[tuple[str, str, str], _Configured] = {}
+    for path, kind, name in config.transport_selections():
+        if path == "bus.schema.transport":
+            options = config.schema_transport()[1]
+        else:
+            options = config.api(path.split(".")[1]).transport(kind)[1]
+        key = (kind, name, json.dumps(options, sort_keys=True, default=str))
+        if key in found:
+            found[key].paths.append(path)
+        else:
+            found[key] = _Configured(kind, name, options, [path])
+    serializer = manager.serializer(config.bus["serializer"])
+    for item in found.values():
+        entry = manager.transport(item.kind, item.name)
+        try:
+            item.instance = entry.factory(serializer=serializer,
+                                          service_name=config.service_name,
+                                          process_name=config.process_name, **item.options)
+        except BusError as exc:
+            raise CommandFailed(f"{item.paths[0]}: {exc}") from None
+        except Exception as exc:  # a factory refusing its options
+            raise CommandFailed(f"{item.paths[0]}: the {item.name} {item.kind} transport "
+                                f"refuses its options: {type(exc).__name__}: "
+                                f"{redact_text(str(exc))}") from None
+    return list(found.values())
+
+
+async def _check_connection(item: _Configured, timeout: float) -> list[str]:
+    """Open one transport, ask it to check itself, close it: the problems found."""
+    async def check() -> list[str]:
+        await item.instance.open()
+        try:
+            return [str(problem) for problem in await item.instance.check()]
+        finally:
+            await item.instance.close()
+
+    try:
+        return await asyncio.wait_for(check(), timeout)
+    except asyncio.TimeoutError:
+        return [f"no answer within {timeout:g}s"]
+    except Exception as exc:
+        return [f"{type(exc).__name__}: {exc}"]
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
+    """Everything `create()` and `bus run` would refuse, without the network; with
+    --connect, each transport then checks its server too."""
     location = args.file or args.config or os.environ.get("BUS_CONFIG")
     if not location:
         raise CommandFailed("name the config to check: bus config check FILE")
+    shown = redact_url(location)
     manager = PluginManager()
     config = load_config(location, manager)
     manager.apply_config(config.plugins, config.selected_transports(), config.bus["serializer"])
+    transports = _configured_transports(config, manager)
     service = config.bus["service_name"] if config.document.get("bus", {}).get(
         "service_name") else "derived from the bus module's folder"
-    print(f"{redact_url(location)}: valid (service {service!r}, "
+    print(f"{shown}: valid (service {service!r}, "
           f"{len(config.api_names)} API section(s), "
           f"plugins enabled: {', '.join(sorted(manager.enabled)) or 'none'})")
+    if not args.connect:
+        return 0
+    failed = 0
+    for item in transports:
+        problems = asyncio.run(_check_connection(item, args.timeout))
+        failed += bool(problems)
+        outcome = redact_text("; ".join(problems)) if problems else "ok"
+        print(f"{item.kind} transport {item.name} ({', '.join(item.paths)}): {outcome}")
+    if failed:
+        raise CommandFailed(f"{shown}: {failed} of {len(transports)} transport(s) failed "
+                            "their check")
     return 0
 
 
@@ -237,6 +319,28 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 # -- the parser ------------------------------------------------------------------------------
+
+
+# Where the kernel calls hook implementations (bus_core.plugins' facade, or pluggy's own
+# caller when tracing or wrappers are on): the frame after the last of these is the hook's.
+_HOOK_CALLERS = {("plugins.py", "call"), ("plugins.py", "_settle"), ("plugins.py", "_call"),
+                 ("_callers.py", "_multicall")}
+
+
+def hook_failure(exc: BaseException) -> str | None:
+    """The one-line report of an exception a plugin's hook implementation raised (a "before"
+    hook refusing a message with a plain ValueError, say), or None when `exc` did not come
+    from a hook: then it is a bug, and its traceback is kept."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    last = None
+    for index, frame in enumerate(frames):
+        if (Path(frame.filename).name, frame.name) in _HOOK_CALLERS:
+            last = index
+    if last is None or last + 1 >= len(frames):
+        return None
+    hook = frames[last + 1]
+    return (f"{type(exc).__name__}: {exc} (raised by the hook implementation {hook.name} at "
+            f"{hook.filename}:{hook.lineno})")
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -289,8 +393,16 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     schema = config_commands.add_parser("schema", parents=[common],
                                         help="print the config's JSON Schema")
     schema.set_defaults(handler=cmd_config_schema)
-    check = config_commands.add_parser("check", parents=[common], help="validate a config")
+    check = config_commands.add_parser(
+        "check", parents=[common],
+        help="check a config: everything create() and bus run would refuse")
     check.add_argument("file", nargs="?", metavar="FILE", help="the config to check")
+    check.add_argument("--connect", action="store_true",
+                       help="also connect with each configured transport and let it check "
+                            "its server (reachability, credentials, version, permissions)")
+    check.add_argument("-t", "--timeout", type=_positive_seconds, default=10.0,
+                       metavar="SECONDS", help="with --connect: seconds per transport "
+                                               "(default 10)")
     check.set_defaults(handler=cmd_config_check)
 
     cli_messages.add_commands(commands, common)
@@ -305,6 +417,16 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
         entry.setup(sub)
         sub.set_defaults(handler=entry.run)
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def _configure_logging(level: str, log_format: str | None = None) -> None:
@@ -348,6 +470,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `bus config schema | head`
         sys.stderr.close()
         return 0
+    except Exception as exc:
+        refusal = hook_failure(exc)
+        if refusal is None:
+            raise  # a bug: its traceback is what helps
+        print(f"bus: error: {refusal}", file=sys.stderr)
+        return 1
     return int(code or 0)
 
 

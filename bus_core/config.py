@@ -381,9 +381,14 @@ def check_values(document: Any, origin: str) -> None:
         where = path or "(top level)"
         if isinstance(value, Mapping):
             for key, child in reversed(list(value.items())):
+                if isinstance(key, bool):
+                    problems.append(f"{where}: key {as_yaml(key)} is not a string (YAML reads "
+                                    "an unquoted on, off, yes, no, true or false as true or "
+                                    "false: quote the key, e.g. 'on')")
+                    continue
                 if not isinstance(key, str):
-                    problems.append(f"{where}: key {key!r} is not a string (quote it: "
-                                    f"'{key}')")
+                    problems.append(f"{where}: key {as_yaml(key)} is not a string (quote it: "
+                                    f"'{as_yaml(key)}')")
                     continue
                 stack.append((child, f"{path}.{key}" if path else key))
         elif isinstance(value, list | tuple):

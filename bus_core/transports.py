@@ -59,6 +59,19 @@ class Transport(abc.ABC):  # noqa: B024  (no method every transport must define)
     async def close(self) -> None:  # noqa: B027  (optional)
         """Release connections. After this the instance is not used again."""
 
+    async def check(self) -> list[str]:
+        """What `bus config check --connect` asks before a deploy: can this transport, as
+        configured, do its job? Called once, after `open()` (and followed by `close()`), on
+        an instance made from the config like any other.
+
+        Returns the problems found, each one line an operator can act on (unreachable,
+        credentials refused, server too old, a command or key pattern the user may not
+        use), naming no secret; an empty list means "ok". It must not change any data a
+        service uses, nor wait longer than a few seconds. It may raise instead of returning
+        a problem (`TransportUnavailable` and the like): the exception's message is then the
+        problem. The default checks nothing and returns []."""
+        return []
+
 
 @dataclass(slots=True)
 class MalformedRpc:
