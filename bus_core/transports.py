@@ -275,6 +275,31 @@ class EventTransport(Transport):
         """How many events listener `listener_name` has not yet received or acknowledged."""
         raise NotImplementedError(f"{type(self).__name__} cannot report lag")
 
+    async def groups(self, api_name: str, event_name: str) -> list[GroupInfo]:
+        """Optional: the listener groups on the stream that carries this event, with their
+        consumers (for `bus state`: which consumers sit idle, and what they hold)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list listener groups")
+
+
+@dataclass(slots=True)
+class ConsumerInfo:
+    """One consumer (a process) of a listener group."""
+
+    name: str
+    pending: int  # entries delivered to it and not yet acknowledged
+    idle: float | None  # seconds since it last read or claimed; None if not tracked
+
+
+@dataclass(slots=True)
+class GroupInfo:
+    """One listener group on one stream, as `EventTransport.groups` reports it."""
+
+    stream: str
+    name: str
+    pending: int
+    lag: int | None  # entries not yet read by the group; None if unknown
+    consumers: list[ConsumerInfo] = field(default_factory=list)
+
 
 class SchemaTransport(Transport):
     """Shares each API's schema between services."""

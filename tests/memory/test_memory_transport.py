@@ -497,6 +497,22 @@ async def test_lag_counts_unread_and_unacknowledged(broker_name: str) -> None:
     assert await transport.lag(API, EVENT, "slow") == 3
 
 
+async def test_groups_list_each_listener_with_its_consumers_and_what_they_hold(
+        broker_name: str) -> None:
+    transport = events(broker_name, batch_size=2)
+    assert await transport.groups(API, EVENT) == []
+    slow = await transport.open_consumer([(API, EVENT)], "slow")
+    await transport.open_consumer([(API, EVENT)], "idle")
+    await fire_many(transport, 5)
+    await receive(slow)  # two taken, not yet acknowledged
+    by_name = {g.name: g for g in await transport.groups(API, EVENT)}
+    assert set(by_name) == {"svc-slow", "svc-idle"}
+    slow_group = by_name["svc-slow"]
+    assert (slow_group.pending, slow_group.lag) == (2, 3)
+    assert [(c.pending, c.idle) for c in slow_group.consumers] == [(2, None)]
+    assert (by_name["svc-idle"].pending, by_name["svc-idle"].lag) == (0, 5)
+
+
 # -- trimming ------------------------------------------------------------------------------
 
 

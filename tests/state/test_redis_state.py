@@ -195,3 +195,25 @@ def test_bus_state_watch_refreshes_count_times(bus_state: InProcess) -> None:
     assert bus_state("--count", "2")[0] == 1
     with pytest.raises(SystemExit):
         bus_state("--watch", "0")
+
+
+def test_bus_state_groups_shows_idle_consumers_and_what_they_hold(
+        bus_state: InProcess, raw: Any) -> None:
+    stream = "internal.state.*:stream"  # a stream of an API every bus here knows
+    raw.xgroup_create(stream, "monitor-watch", id="0", mkstream=True)
+    raw.xadd(stream, {"": ""})
+    raw.xadd(stream, {"": ""})
+    raw.xreadgroup("monitor-watch", "gone-process", {stream: ">"}, count=2)  # then died
+    time.sleep(0.2)  # the consumer's idle time is what is measured
+    raw.xadd(stream, {"": ""})  # one more, not yet read by the group
+    rows = bus_state.rows("--groups", "--idle-after", "0.1")
+    (group,) = [row for row in rows if row["group"] == "monitor-watch"]
+    assert group["stream"] == stream
+    assert (group["idle_consumers"], group["held_by_idle"]) == (1, 2)
+    assert (group["pending"], group["unread"]) == (2, 1)
+    assert [c["name"] for c in group["consumers"]] == ["gone-process"]
+    code, table = bus_state("--groups", "--idle-after", "0.1")
+    assert code == 0
+    (line,) = [line for line in table.splitlines() if line.startswith("monitor-watch")]
+    assert line.split() == ["monitor-watch", stream, "1", "1", "2", "2", "1"]
+    assert bus_state.rows("--groups", "--idle-after", "3600")[0]["idle_consumers"] == 0

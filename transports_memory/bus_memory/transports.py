@@ -4,6 +4,7 @@ as a network transport would, so what works here works on the wire."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -28,9 +29,11 @@ from bus_core.messages import (
 )
 from bus_core.runtime import time_out
 from bus_core.transports import (
+    ConsumerInfo,
     EventConsumer,
     EventDelivery,
     EventTransport,
+    GroupInfo,
     MalformedRpc,
     ResultTransport,
     RpcConsumer,
@@ -267,6 +270,20 @@ class MemoryEventTransport(_MemoryTransport, EventTransport):
             if group is None:
                 return 0
             return len(group.pending) + stream.unread(group)
+
+    async def groups(self, api_name: str, event_name: str) -> list[GroupInfo]:
+        stream = self._stream(api_name, event_name)
+        with self.broker.lock:
+            found = []
+            for group in stream.groups.values():
+                held = collections.Counter(p.consumer for p in group.pending.values()
+                                           if p.consumer is not None)
+                found.append(GroupInfo(
+                    stream=stream.name, name=group.name, pending=len(group.pending),
+                    lag=stream.unread(group),
+                    consumers=[ConsumerInfo(name, held.get(name, 0), None)
+                               for name in sorted(group.consumers | set(held))]))
+            return found
 
     def dead_letters(self, api_name: str | None = None, event_name: str | None = None
                      ) -> list[Any]:

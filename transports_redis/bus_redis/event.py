@@ -31,7 +31,13 @@ from bus_core.messages import (
     valid_api_name,
     valid_member_name,
 )
-from bus_core.transports import EventConsumer, EventDelivery, EventTransport
+from bus_core.transports import (
+    ConsumerInfo,
+    EventConsumer,
+    EventDelivery,
+    EventTransport,
+    GroupInfo,
+)
 from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
 from bus_redis.connection import BlockingClient, redact, redis_call
 
@@ -377,6 +383,28 @@ class RedisEventTransport(RedisTransport, EventTransport):
                         stream, min=f"({_text(info['last-delivered-id'])}", max="+"))
                 return int(unread) + int(info["pending"])
         return 0
+
+    async def groups(self, api_name: str, event_name: str) -> list[GroupInfo]:
+        stream = self.stream_name(api_name, event_name)
+        return await redis_call(self.url, f"cannot read the listener groups of {stream}",
+                                lambda: self._groups(stream))
+
+    async def _groups(self, stream: str) -> list[GroupInfo]:
+        try:
+            groups = await self.redis.xinfo_groups(stream)
+        except ResponseError:  # no such stream yet
+            return []
+        found = []
+        for info in groups:
+            name = _text(info["name"])
+            consumers = await self.redis.xinfo_consumers(stream, name)
+            lag = info.get("lag")
+            found.append(GroupInfo(
+                stream=stream, name=name, pending=int(info["pending"]),
+                lag=None if lag is None else int(lag),
+                consumers=[ConsumerInfo(_text(c["name"]), int(c["pending"]),
+                                        int(c["idle"]) / 1000) for c in consumers]))
+        return found
 
     def dead_letter_stream(self, stream: str) -> str:
         return stream + self.dead_letter_suffix

@@ -5,6 +5,7 @@
     bus state --json              # for machines
     bus state --watch 2           # refresh every 2 s until Ctrl-C
     bus state --check billing     # exit 0 if a process of service `billing` is alive, else 1
+    bus state --groups            # listener groups: consumers, idle ones, what they hold
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 import bus_core
 from bus_core.cli import CommandFailed, find_bus_module, load_bus
 from bus_core.client import Bus
+from bus_core.transports import ConsumerInfo, GroupInfo
+from bus_state.api import StateApi
 from bus_state.status import WorkerStatus, read_workers
 
 WINDOW_INTERVALS = 3  # how many ping intervals of history are read
@@ -57,6 +60,61 @@ def render_table(workers: list[WorkerStatus]) -> str:
                      for row in rows)
 
 
+IDLE_AFTER = 60.0  # seconds without a read after which `bus state` calls a consumer idle
+
+
+async def read_groups(client: Any, announced: list[str]) -> list[GroupInfo]:
+    """The listener groups on the streams of every API this client knows: registered,
+    described by a shared schema, announced by a worker, and internal.state; each stream
+    once. An API whose events are unknown here is looked up on its per-API stream only.
+    Transports that cannot list groups are skipped."""
+    apis: dict[str, list[str]] = {name: ["*"] for name in announced}
+    known = {**(await client.describe_apis()),
+             **{name: api.definition for name, api in client.apis.items()},
+             StateApi.definition.name: StateApi.definition}
+    apis.update({name: sorted(definition.events) for name, definition in known.items()})
+    state = await client.state()
+    found: dict[tuple[str, str], GroupInfo] = {}
+    for api_name, event_names in sorted(apis.items()):
+        transport = await state.transport("event", api_name)
+        for event_name in event_names:
+            try:
+                groups = await transport.groups(api_name, event_name)
+            except NotImplementedError:
+                break
+            for group in groups:
+                found.setdefault((group.stream, group.name), group)
+    return [found[key] for key in sorted(found)]
+
+
+def idle_consumers(group: GroupInfo, idle_after: float) -> list[ConsumerInfo]:
+    return [c for c in group.consumers if c.idle is not None and c.idle >= idle_after]
+
+
+def render_groups(groups: list[GroupInfo], idle_after: float) -> str:
+    """One row per listener group: its consumers, how many sit idle and what they hold."""
+    rows = [("LISTENER GROUP", "STREAM", "CONSUMERS", f"IDLE >{idle_after:g}s",
+             "HELD BY IDLE", "PENDING", "UNREAD")]
+    for group in groups:
+        idle = idle_consumers(group, idle_after)
+        rows.append((group.name, group.stream, str(len(group.consumers)), str(len(idle)),
+                     str(sum(c.pending for c in idle)), str(group.pending),
+                     "-" if group.lag is None else str(group.lag)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths,
+                                                                        strict=True)).rstrip()
+                     for row in rows)
+
+
+def group_json(group: GroupInfo, idle_after: float) -> dict[str, Any]:
+    idle = idle_consumers(group, idle_after)
+    return {"group": group.name, "stream": group.stream, "pending": group.pending,
+            "unread": group.lag, "idle_consumers": len(idle),
+            "held_by_idle": sum(c.pending for c in idle),
+            "consumers": [{"name": c.name, "pending": c.pending, "idle": c.idle}
+                          for c in group.consumers]}
+
+
 class StateReader:
     """Reads the workers through one client, with the settings of one `bus state` run."""
 
@@ -72,6 +130,13 @@ class StateReader:
         self.window = args.window if args.window is not None else (
             WINDOW_INTERVALS * interval + grace(section, interval)
             if self.grace is None else WINDOW_INTERVALS * interval + self.grace)
+
+    def read_groups(self) -> list[GroupInfo]:
+        try:
+            announced = sorted({name for worker in self.read() for name in worker.api_names})
+        except CommandFailed:  # no history here: the groups may still be listed
+            announced = []
+        return self.bus.client.run_sync(read_groups(self.bus.client, announced))
 
     def read(self) -> list[WorkerStatus]:
         try:
@@ -89,7 +154,21 @@ def _shown(workers: list[WorkerStatus], args: argparse.Namespace) -> list[Worker
     return workers if args.all else [w for w in workers if w.alive]
 
 
+def _print_groups(reader: StateReader, args: argparse.Namespace, watching: bool) -> None:
+    groups = reader.read_groups()
+    if args.json:
+        print(json.dumps([group_json(g, args.idle_after) for g in groups],
+                         indent=None if watching else 2), flush=True)
+    elif groups:
+        print(render_groups(groups, args.idle_after), flush=True)
+    else:
+        print("no listener groups on the streams of the APIs this bus knows", flush=True)
+
+
 def _print_once(reader: StateReader, args: argparse.Namespace, watching: bool) -> None:
+    if args.groups:
+        _print_groups(reader, args, watching)
+        return
     workers = _shown(reader.read(), args)
     if args.json:
         text = json.dumps([w.as_json() for w in workers], indent=None if watching else 2)
@@ -106,6 +185,9 @@ def _print_once(reader: StateReader, args: argparse.Namespace, watching: bool) -
         which = "workers" if args.all else "live workers"
         print(f"no {which} announced themselves in the last {reader.window:g}s (are the "
               "workers' plugins.state.enabled true, on the same event transport?)", flush=True)
+    groups = reader.read_groups()
+    if groups:
+        print("\n" + render_groups(groups, args.idle_after), flush=True)
 
 
 def cmd_check(reader: StateReader, args: argparse.Namespace) -> int:
@@ -175,6 +257,13 @@ def _setup(parser: argparse.ArgumentParser) -> None:
                         help="a worker is gone after its ping_interval + this many seconds "
                              "without a ping (default: plugins.state.grace, else half the "
                              "interval)")
+    parser.add_argument("-g", "--groups", action="store_true",
+                        help="show only the listener groups: consumers, idle ones and the "
+                             "entries they hold, pending and unread entries")
+    parser.add_argument("--idle-after", type=_positive, default=IDLE_AFTER,
+                        metavar="SECONDS",
+                        help=f"a consumer that has not read for this long is idle (default "
+                             f"{IDLE_AFTER:g})")
     parser.add_argument("--window", type=_positive, metavar="SECONDS",
                         help="how far back to read (default: 3 x plugins.state.ping_interval "
                              "+ grace)")
