@@ -102,3 +102,11 @@ class TransportUnavailable(TransportError):
 
 class TransportNotFound(PluginError):
     """The config names a transport or serializer that no installed plugin provides."""
+
+
+class Refused(InvalidMessage):
+    """A plugin's "before" hook refuses this message for good (a policy: too large, not
+    allowed, missing a field the plugin requires). Raise it from `bus_before_rpc_call`,
+    `bus_before_event_fire` and the other refusing hooks: the caller gets it as is (the `bus`
+    command prints `bus: error: ...`); on a worker the call is answered with an error and an
+    event is dead-lettered at once, without retries, like any `InvalidMessage`."""

@@ -10,8 +10,11 @@ Lifecycle and message-flow hooks run only for *enabled* plugins: those the confi
 and those passed to `bus_core.create(plugins=[...])`.
 
 Message-flow hooks run per message, so the kernel skips a hook entirely when no enabled plugin
-implements it. "before" hooks may raise to refuse a message (the caller sees the exception);
-they may also change `message.kwargs` in place. "after" hooks observe: their exceptions are
+implements it. "before" hooks may raise to refuse a message (the caller sees the exception):
+raise `bus_core.errors.Refused("why")`, an `InvalidMessage`, so a refused message is never
+retried (a worker answers a refused call with an error and dead-letters a refused event at
+once) and the `bus` command prints it as one `bus: error: ...` line. They may also change
+`message.kwargs` in place. "after" hooks observe: their exceptions are
 logged and swallowed, because the message has already been handled.
 """
 
@@ -163,7 +166,8 @@ def bus_worker_stopping(client: BusClient, worker: Worker) -> None:
 
 @hookspec
 def bus_before_rpc_call(client: BusClient, message: RpcMessage) -> None:
-    """Caller side, before an RPC call is sent. Raise to refuse the call.
+    """Caller side, before an RPC call is sent. Raise ``Refused`` to refuse the call: the
+    caller gets it as is and nothing is sent.
 
     :param client: the calling bus client.
     :param message: the call; ``message.kwargs`` holds wire values and may be changed.
@@ -189,8 +193,8 @@ def bus_after_rpc_call(
 
 @hookspec
 def bus_before_rpc_execution(client: BusClient, message: RpcMessage) -> None:
-    """Worker side, before a received call runs. Raise to refuse it: the caller gets the
-    exception back as a remote error.
+    """Worker side, before a received call runs. Raise ``Refused`` to refuse it: the
+    caller gets the exception back as a remote error.
 
     :param client: the serving bus client.
     :param message: the received call (wire values in ``message.kwargs``).
@@ -216,8 +220,9 @@ def bus_after_rpc_execution(
 
 @hookspec
 def bus_before_rpc_result_sent(client: BusClient, message: RpcMessage, result: Any) -> None:
-    """Worker side, after a call ran successfully and before its result is sent. Raise to
-    send the caller that error instead (e.g. the result does not match its schema).
+    """Worker side, after a call ran successfully and before its result is sent. Raise
+    ``Refused`` (or another ``InvalidMessage``) to send the caller that error instead (e.g.
+    the result does not match its schema).
 
     :param client: the serving bus client.
     :param message: the call.
@@ -240,7 +245,8 @@ def bus_on_rpc_result_received(client: BusClient, message: RpcMessage, result: A
 
 @hookspec
 def bus_before_event_fire(client: BusClient, message: EventMessage) -> None:
-    """Before an event is sent to the event transport. Raise to refuse the fire.
+    """Before an event is sent to the event transport. Raise ``Refused`` to refuse the
+    fire: the caller gets it as is and nothing is sent.
 
     :param client: the firing bus client.
     :param message: the event (wire values in ``message.kwargs``).
@@ -266,8 +272,9 @@ def bus_after_event_fire(
 def bus_before_event_handling(
     client: BusClient, message: EventMessage, listener_name: str,
 ) -> None:
-    """Before a listener's handler runs for a received event. Raise to refuse the event:
-    it is then treated as a handler failure.
+    """Before a listener's handler runs for a received event. Raise ``Refused`` to refuse
+    the event: it is dead-lettered at once (another exception is a handler failure, and the
+    listener's error policy applies).
 
     :param client: the listening bus client.
     :param message: the received event (wire values in ``message.kwargs``).

@@ -16,6 +16,7 @@ import operator
 import os
 import re
 import time
+import traceback
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib import metadata
@@ -147,7 +148,7 @@ class PluginManager:
             try:
                 plugin = entry_point.load()
             except Exception as exc:
-                info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+                info.status, info.error = "failed", import_failure(exc)
                 warnings.warn(
                     f"Bus plugin {info.name!r} from distribution "
                     f"{info.distribution or '?'} failed to import and is skipped: {info.error}",
@@ -229,6 +230,13 @@ class PluginManager:
         info.hooks = sorted(
             caller.name for caller in self.pm.get_hookcallers(plugin) or ()
         )
+        unmarked = _unmarked_hook_functions(plugin)
+        if unmarked:
+            warnings.warn(
+                f"Bus plugin {info.name!r} ({info.module}) has function(s) named like hooks "
+                f"without @hookimpl, which never run: {', '.join(unmarked)}; decorate them "
+                f"with @bus_core.hookimpl (or rename them if they are not hooks)",
+                RuntimeWarning, stacklevel=3)
         try:
             self._collect_registrations(info.name, plugin)
         except Exception as exc:
@@ -394,6 +402,35 @@ def _spec_hint(error: str) -> str:
         return ""
     names = ", ".join(inspect.signature(spec).parameters)
     return f"\n{match.group(1)} offers: {names} (take any of them, by these names)"
+
+
+def import_failure(exc: BaseException) -> str:
+    """`exc` from importing a plugin, with the file and line where it was raised (for a
+    SyntaxError, where the bad code is): the place to look, without a traceback."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{text} (at {exc.filename}:{exc.lineno})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    # The innermost frame outside the import machinery is the plugin's own code.
+    ours = [f for f in frames if "importlib" not in f.filename
+            and not f.filename.startswith("<frozen")]
+    where = (ours or frames)[-1] if frames else None
+    return f"{text} (at {where.filename}:{where.lineno})" if where else text
+
+
+def _unmarked_hook_functions(plugin: object) -> list[str]:
+    """Functions of `plugin` named `bus_*` that do not carry @hookimpl: most likely a hook
+    whose decorator was forgotten, which pluggy silently ignores."""
+    marker = f"{ENTRY_POINT_GROUP}_impl"
+    names = []
+    for name in dir(plugin):
+        if not name.startswith("bus_"):
+            continue
+        value = getattr(plugin, name, None)
+        if callable(value) and (inspect.isfunction(value) or inspect.ismethod(value)) \
+                and not hasattr(value, marker):
+            names.append(name)
+    return names
 
 
 def _owner(value: Any) -> str:
