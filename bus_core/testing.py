@@ -242,27 +242,32 @@ class BusMock:
                           with_kwargs: Mapping[str, Any] | None = None) -> None:
         """`name` was called (exactly `times` times, if given) with arguments including
         `with_kwargs` (compared in wire form; other arguments may be anything)."""
+        __tracebackhide__ = True  # a failure points at the test, not here
         self._assert_seen("RPC", self.rpc_calls, name, times, with_kwargs)
 
     def assert_rpc_not_called(self, name: str, *,
                               with_kwargs: Mapping[str, Any] | None = None) -> None:
         """No call of `name` (including `with_kwargs`, if given) was made."""
+        __tracebackhide__ = True  # a failure points at the test, not here
         self._assert_seen("RPC", self.rpc_calls, name, 0, with_kwargs)
 
     def assert_event_fired(self, name: str, *, times: int | None = None,
                            with_kwargs: Mapping[str, Any] | None = None) -> None:
         """`name` was fired (exactly `times` times, if given) with parameters including
         `with_kwargs` (compared in wire form)."""
+        __tracebackhide__ = True  # a failure points at the test, not here
         self._assert_seen("event", self.events, name, times, with_kwargs)
 
     def assert_event_not_fired(self, name: str, *,
                                with_kwargs: Mapping[str, Any] | None = None) -> None:
         """`name` (with parameters including `with_kwargs`, if given) was not fired."""
+        __tracebackhide__ = True  # a failure points at the test, not here
         self._assert_seen("event", self.events, name, 0, with_kwargs)
 
     def _check_known(self, kind: str, name: str, with_kwargs: Mapping[str, Any]) -> None:
         """A typo in an assertion must fail it, not make it pass: names and argument names
         are checked against the API when its definition is known here."""
+        __tracebackhide__ = True  # a failure points at the test, not here
         api_name, member = _split_name(name)
         definition = self.bus.client.known_definition(api_name)
         if definition is None:
@@ -287,6 +292,7 @@ class BusMock:
 
     def _assert_seen(self, kind: str, seen: list[RpcCall] | list[FiredEvent], name: str,
                      times: int | None, with_kwargs: Mapping[str, Any] | None) -> None:
+        __tracebackhide__ = True  # a failure points at the test, not here
         self._check_known(kind, name, with_kwargs or {})
         wanted = {k: to_wire(v) for k, v in (with_kwargs or {}).items()}
         count = sum(

@@ -227,3 +227,46 @@ def test_bus_fire_prints_a_refusal_in_one_line(site, tmp_path, error):
                          "shop.ordered", "item=tea", "note=fine"],
                         cwd=service, env=env, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
+
+
+# -- smaller things ------------------------------------------------------------------------
+
+
+def test_bus_run_names_the_bus_module_it_imported(tmp_path):
+    import signal
+
+    service = tmp_path / "svc"
+    (service / "shop").mkdir(parents=True)
+    (service / "shop" / "__init__.py").write_text("")
+    (service / "shop" / "bus.py").write_text("import bus_core\nbus = bus_core.create()\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
+    process = subprocess.Popen([sys.executable, "-m", "bus_core.cli", "run"], cwd=service,
+                               env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        first = process.stderr.readline()
+        while "serving" not in (line := process.stderr.readline()) and line:
+            pass
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+        process.stderr.close()
+    assert first.rstrip().endswith(
+        f"INFO    bus.cli: bus module shop.bus ({service / 'shop' / 'bus.py'})"), first
+
+
+FAILING_USER_TEST = '''
+def test_expects_a_call(bus, bus_mock):
+    bus_mock.assert_rpc_called("shop.price")
+'''
+
+
+def test_bus_mock_failures_point_at_the_test_not_at_bus(tmp_path):
+    (tmp_path / "test_user.py").write_text(FAILING_USER_TEST)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "-p", "no:xdist", "test_user.py"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "expected RPC shop.price to be called at least once" in result.stdout
+    assert "bus_core/testing.py" not in result.stdout, result.stdout
