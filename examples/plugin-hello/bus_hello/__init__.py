@@ -54,9 +54,10 @@ class HelloSettings:
 def settings(client: BusClient) -> HelloSettings:
     """Read this plugin's options from the client's config.
 
-    The kernel validates the section against our schema but fills in no defaults, so the
-    plugin applies its own here (``client.config.plugin()`` is ``{}`` when the section is
-    absent, e.g. when the plugin was enabled with ``bus_core.create(plugins=[...])``)."""
+    The kernel validates the section and fills in our schema's defaults, under the name the
+    plugin is registered as: ``hello`` when installed, but the module's name when it is
+    passed in code (``bus_core.create(plugins=[bus_hello])``), where ``plugins.hello`` is
+    then empty; so the defaults are applied here too."""
     section = client.config.plugin(PLUGIN_NAME)
     return HelloSettings(
         greeting=str(section.get("greeting", DEFAULT_GREETING)),
