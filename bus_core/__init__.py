@@ -27,6 +27,7 @@ from bus_core.errors import (
     MalformedMessage,
     MessageTooLarge,
     PluginError,
+    Refused,
     RemoteError,
     RpcTimeout,
     RpcWorkerLost,
@@ -46,8 +47,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Api", "Bus", "BusClient", "BusError", "Config", "ConfigError", "Event", "EventMessage",
     "InvalidApi", "InvalidArguments", "InvalidMessage", "MalformedMessage", "MessageTooLarge",
-    "Parameter",
-    "PluginError", "PluginManager", "RemoteError", "ResultMessage", "RpcMessage", "RpcTimeout",
+    "Parameter", "PluginError", "PluginManager", "Refused", "RemoteError", "ResultMessage",
+    "RpcMessage", "RpcTimeout",
     "RpcWorkerLost", "TransportError", "TransportNotFound", "TransportUnavailable",
     "UnknownApi", "UnknownEvent", "UnknownRpc",
     "WireError", "__version__", "create", "hookimpl", "rpc",

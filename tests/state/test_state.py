@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -245,3 +246,18 @@ async def test_announcements_pass_the_schema_plugins_validation(
     assert not caplog.records
     assert [w.status for w in await read_workers(bus.client, window=10)] == ["stopped"]
     await bus.client.close_async()
+
+
+def test_bus_state_carries_on_past_an_unrelated_broken_bus_module(
+        tmp_path, monkeypatch, capsys) -> None:
+    from bus_core.cli import main
+
+    (tmp_path / "bus.py").write_text("raise RuntimeError('half-written service')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BUS_CONFIG", raising=False)
+    monkeypatch.delenv("BUS_MODULE", raising=False)
+    assert main(["state", "--json"]) == 0  # like bus call and bus inspect
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == []
+    assert "half-written service" in captured.err and "carrying on" in captured.err
+    assert main(["state", "--json", "-b", "bus"]) == 1  # named: it must import

@@ -15,11 +15,9 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-import bus_core
-from bus_core.cli import CommandFailed, find_bus_module, load_bus
+from bus_core.cli import CommandFailed, bus_or_bare_client
 from bus_core.client import Bus
 from bus_core.transports import ConsumerInfo, GroupInfo
 from bus_state.api import StateApi
@@ -29,10 +27,10 @@ WINDOW_INTERVALS = 3  # how many ping intervals of history are read
 
 
 def _bus(args: argparse.Namespace) -> Bus:
-    """The bus module's bus when there is one (its config counts), else a bare client."""
-    if args.bus or os.environ.get("BUS_MODULE") or find_bus_module(Path.cwd()):
-        return load_bus(args.bus)
-    return bus_core.create()
+    """The bus module's bus when there is one (its config counts), else a bare client; a
+    bus module found below this folder that fails to import is reported and skipped, as
+    `bus call` and `bus inspect` do (one named with -b or BUS_MODULE must import)."""
+    return bus_or_bare_client(args.bus)
 
 
 def _age(seconds: float | None) -> str:
