@@ -1,7 +1,8 @@
-"""Every feature on a real 3-master Redis Cluster: RPCs of two APIs whose queues live on
-different nodes, both kinds of reply list, events per API and per event with streams on
-different nodes, reclaim, dead letters, replay and history, schema sharing, a single-runner
-task's lock, state pings and the CLI (`bus state`, `bus inspect`), worker-death detection.
+"""Every feature on a real 3-master Redis Cluster, and the same tests through a Sentinel set
+(a master, a replica, three sentinels): RPCs of two APIs whose queues live on different
+nodes, both kinds of reply list, events per API and per event with streams on different
+nodes, reclaim, dead letters, replay and history, schema sharing, a single-runner task's
+lock, state pings and the CLI (`bus state`, `bus inspect`), worker-death detection.
 
 The cluster's slots are split by `redis-cli --cluster create` as 0-5460, 5461-10922 and
 10923-16383; the names below were chosen so that the keys that matter land on different
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.sentinel
 from bus_schema.plugin import store_for
 from redis.crc import key_slot
 
@@ -29,7 +31,7 @@ from bus_core import Api, Bus, Event, EventMessage, RpcWorkerLost
 from tests.apis import AuthApi
 from tests.helpers import eventually, serving
 from tests.redis.conftest import redis_config
-from tests.redis.topology import RedisClusterSet
+from tests.redis.topology import RedisClusterSet, SentinelSet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,29 +54,68 @@ def node_of(key: str) -> int:
     return min(key_slot(key.encode()) // 5462, 2)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterSet]:
-    nodes = RedisClusterSet(tmp_path_factory.mktemp("cluster")).start()
-    yield nodes
-    nodes.stop()
+@pytest.fixture(scope="module", params=["cluster", "sentinel"])
+def topology(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[RedisClusterSet | SentinelSet]:
+    folder = tmp_path_factory.mktemp(request.param)
+    started = (RedisClusterSet(folder) if request.param == "cluster"
+               else SentinelSet(folder)).start()
+    yield started
+    started.stop()
 
 
 @pytest.fixture
-def url(cluster: RedisClusterSet) -> str:
-    """The cluster's URL, every master emptied for this test."""
-    for node in cluster.nodes:
+def url(topology: RedisClusterSet | SentinelSet) -> str:
+    """The topology's URL, every master emptied for this test."""
+    if isinstance(topology, SentinelSet):
+        assert topology.master is not None
+        with topology.master.client() as client:
+            client.flushall()
+        return topology.url()
+    for node in topology.nodes:
         with node.client() as client:
             if client.info("replication")["role"] == "master":
                 client.flushall()
-    return cluster.url
+    return topology.url
 
 
-def raw_cluster(url: str) -> redis.RedisCluster:
-    """A plain redis-py cluster client, for looking at what Bus wrote."""
-    hosts = url[len("redis+cluster://"):].rstrip("/").split(",")
-    return redis.RedisCluster(startup_nodes=[
-        redis.cluster.ClusterNode(host, int(port))
-        for host, port in (entry.split(":") for entry in hosts)])
+def on_cluster(url: str) -> bool:
+    return url.startswith("redis+cluster://")
+
+
+class Raw:
+    """A plain redis-py client on what Bus wrote: the cluster, or Sentinel's master.
+    `all_keys` is KEYS on every node."""
+
+    def __init__(self, url: str) -> None:
+        hosts = [entry.split(":") for entry in
+                 url.split("://", 1)[1].split("/", 1)[0].split(",")]
+        if on_cluster(url):
+            self.client: Any = redis.RedisCluster(startup_nodes=[
+                redis.cluster.ClusterNode(host, int(port)) for host, port in hosts])
+        else:
+            master_name = url.split("/")[3]
+            self.client = redis.sentinel.Sentinel(
+                [(host, int(port)) for host, port in hosts]).master_for(master_name)
+        self.cluster = on_cluster(url)
+
+    def all_keys(self, pattern: str) -> list[bytes]:
+        if self.cluster:
+            return list(self.client.keys(pattern, target_nodes=redis.RedisCluster.ALL_NODES))
+        return list(self.client.keys(pattern))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def __enter__(self) -> Raw:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.client.close()
+
+
+def raw_cluster(url: str) -> Raw:
+    return Raw(url)
 
 
 def make_bus(url: str, service: str, process: str | None = None, *,
@@ -113,9 +154,8 @@ async def test_one_worker_serves_two_apis_on_different_nodes(url: str, reply_lis
             results = await asyncio.wait_for(asyncio.gather(*calls), 10)
         assert results[:40] == list(range(40)) and all(results[40:])
         with raw_cluster(url) as raw:  # every expiry key was claimed, every record removed
-            assert raw.keys("rpc_expiry_key:*", target_nodes=redis.RedisCluster.ALL_NODES) \
-                == []
-            assert raw.keys("bus:claim:*", target_nodes=redis.RedisCluster.ALL_NODES) == []
+            assert raw.all_keys("rpc_expiry_key:*") == []
+            assert raw.all_keys("bus:claim:*") == []
     finally:
         await caller.client.close_async()
         await server.client.close_async()
@@ -129,8 +169,11 @@ async def test_cluster_keys_are_hash_tagged_by_queue(url: str) -> None:
         with raw_cluster(url) as raw:
             assert raw.llen("shop:rpc_queue") == 1  # the Lightbus queue name, unchanged
             blob = json.loads(raw.lpop("shop:rpc_queue"))
-            expiry = f"rpc_expiry_key:{{shop:rpc_queue}}:{blob['metadata']['id']}"
-            assert key_slot(expiry.encode()) == key_slot(b"shop:rpc_queue")
+            if on_cluster(url):
+                expiry = f"rpc_expiry_key:{{shop:rpc_queue}}:{blob['metadata']['id']}"
+                assert key_slot(expiry.encode()) == key_slot(b"shop:rpc_queue")
+            else:  # Sentinel: the Lightbus key names, byte for byte
+                expiry = f"rpc_expiry_key:{blob['metadata']['id']}"
             assert raw.exists(expiry) == 0  # expired with the caller's timeout
     finally:
         await caller.client.close_async()
@@ -428,13 +471,15 @@ async def test_callers_learn_fast_that_their_worker_died(url: str, tmp_path: Pat
         calls += [asyncio.ensure_future(caller.client.call_rpc_async(
             "auth", "slow_echo", {"value": "x", "delay": 60})) for _ in range(5)]
         with raw_cluster(url) as raw:
-            await eventually(lambda: len(raw.keys(
-                "bus:claim:*", target_nodes=redis.RedisCluster.ALL_NODES)) == 10)
-            workers = raw.keys("bus:worker:*", target_nodes=redis.RedisCluster.ALL_NODES)
-            assert sorted(workers) == sorted(
-                [w for w in workers if w.startswith((b"bus:worker:{shop:rpc_queue}:doomed:",
-                                                     b"bus:worker:{auth:rpc_queue}:doomed:"))])
-            assert len(workers) == 2
+            await eventually(lambda: len(raw.all_keys("bus:claim:*")) == 10)
+            workers = raw.all_keys("bus:worker:*")
+            if on_cluster(url):  # a liveness key per queue, tagged like the queue
+                assert sorted(workers) == sorted([w for w in workers if w.startswith((
+                    b"bus:worker:{shop:rpc_queue}:doomed:",
+                    b"bus:worker:{auth:rpc_queue}:doomed:"))])
+                assert len(workers) == 2
+            else:  # one for the worker
+                assert len(workers) == 1 and workers[0].startswith(b"bus:worker:doomed:")
         worker.kill()
         killed = time.monotonic()
         outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
