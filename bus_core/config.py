@@ -13,7 +13,9 @@ import json
 import math
 import os
 import re
+import secrets
 import socket
+import string
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -164,7 +166,7 @@ def config_schema(plugins: PluginManager | None = None) -> dict[str, Any]:
                     "single_task_lock_ttl": {"type": "number", "minimum": 1},
                     "max_message_size": {"type": "integer", "minimum": 1024},
                     "handler_threads": {"type": "integer", "minimum": 1},
-                    "log_level": {"enum": [None, "DEBUG", "INFO", "WARNING", "ERROR"]},
+                    "log_level": {"enum": [None, "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]},
                     "log_format": {"enum": ["text", "json"]},
                     "strict_parameters": {
                         "type": "boolean",
@@ -703,7 +705,7 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None,
     check_size(document, origin)
     document = substitute_env(document, environ, origin=origin)
     check_values(document, origin)
-    document = _accept_lightbus_settings(document, origin)
+    document = _accept_lightbus_settings(document, origin, plugins)
     schema = config_schema(plugins)
     validate_document(document, schema, origin, plugins)
     _apply_plugin_defaults(document, schema)
@@ -760,23 +762,74 @@ def _plugins_in_use(config: Config, plugins: PluginManager) -> dict[str, list[tu
     return found
 
 
+# -- Lightbus 1.x configs ------------------------------------------------------------------
+#
+# A Lightbus 1.x config loads as it is: each Lightbus setting is read as its Bus equivalent,
+# or dropped with one warning naming it (origin and path). Kernel settings are handled here;
+# a transport's options are translated by the plugin that registered the transport (the
+# kernel knows no transport's option names), through `register_lightbus_options`.
+
 # Settings of a Lightbus 1.x config that mean nothing to Bus: dropped with a warning, so an
 # existing config loads as it is. (path within the document; "*" is any API)
 LIGHTBUS_ONLY = (
-    ("bus", "schema", "human_readable"),
-    ("apis", "*", "cast_values"),
-    ("apis", "*", "event_listener_setup_timeout"),
+    ("bus", "schema", "human_readable", "Bus stores schemas in one form"),
+    ("apis", "*", "cast_values", "Bus always casts received values by type hints"),
+    ("apis", "*", "event_listener_setup_timeout",
+     "Bus has no separate timeout for setting a listener up"),
 )
 
+LightbusTranslator = Callable[[dict[str, Any]], Mapping[str, str]]
+"""Rewrites one transport's options (a fresh dict it may change) from Lightbus's option names
+and values to the transport's own, and returns {option path, dotted: why it is ignored} for
+the Lightbus options it removed because Bus has no use for them."""
 
-def _accept_lightbus_settings(document: dict[str, Any], origin: str) -> dict[str, Any]:
+_LIGHTBUS_OPTIONS: dict[tuple[str, str], LightbusTranslator] = {}
+
+
+def register_lightbus_options(kind: str, name: str, translate: LightbusTranslator) -> None:
+    """Let the `name` transport of `kind` take Lightbus 1.x's options for its counterpart:
+    before validation, `translate(options)` rewrites each selection of that transport in a
+    config, and the kernel warns once per option it reports ignored. Plugins register when
+    imported (the Redis plugin for its four transports), like `register_format`."""
+    _LIGHTBUS_OPTIONS[(kind, name)] = translate
+
+
+# Lightbus expands these in service_name and process_name (a new value at every start).
+_LIGHTBUS_NAME_FIELD = re.compile(r"\{(hostname|pid|random4|random8|random16|friendly)\}")
+
+
+def _lightbus_name(template: str) -> str:
+    """`template` with Lightbus's placeholders filled in as Lightbus fills them."""
+    def fill(match: re.Match[str]) -> str:
+        field = match.group(1)
+        if field == "hostname":
+            return socket.gethostname().lower()
+        if field == "pid":
+            return str(os.getpid())
+        size = 8 if field == "friendly" else int(field.removeprefix("random"))
+        return "".join(secrets.choice(string.ascii_lowercase) for _ in range(size))
+    return _LIGHTBUS_NAME_FIELD.sub(fill, template)
+
+
+def _warn_ignored(origin: str, path: str, why: str, depth: int = 1) -> None:
+    """One warning for one ignored Lightbus setting, shown at the caller of load_config
+    (`depth`: the functions between this one and load_config)."""
+    warnings.warn(f"{origin}: {path} is a Lightbus setting with no effect in Bus; ignored "
+                  f"({why})", UserWarning, stacklevel=3 + depth)
+
+
+def _accept_lightbus_settings(document: dict[str, Any], origin: str,
+                              plugins: PluginManager | None = None) -> dict[str, Any]:
+    """A Lightbus 1.x config as the Bus config of the same meaning (see the module's part
+    above); a Bus config comes back as it is, with no warning."""
     bus = document.get("bus")
     if isinstance(bus, dict) and isinstance(bus.get("log_level"), str):
         bus["log_level"] = bus["log_level"].upper()  # Lightbus writes `info`
-    plugins = document.get("plugins")
-    if isinstance(plugins, dict):
-        _rename_lightbus_plugins(plugins, origin)
-    for first, second, key in LIGHTBUS_ONLY:
+    _accept_lightbus_names(document)
+    plugin_sections = document.get("plugins")
+    if isinstance(plugin_sections, dict):
+        _rename_lightbus_plugins(plugin_sections, origin)
+    for first, second, key, why in LIGHTBUS_ONLY:
         sections = document.get(first)
         if not isinstance(sections, dict):
             continue
@@ -785,9 +838,61 @@ def _accept_lightbus_settings(document: dict[str, Any], origin: str) -> dict[str
             section = sections.get(name)
             if isinstance(section, dict) and key in section:
                 del section[key]
-                warnings.warn(f"{origin}: {first}.{name}.{key} is a Lightbus setting with no "
-                              "effect in Bus; ignored", UserWarning, stacklevel=3)
+                _warn_ignored(origin, f"{first}.{name}.{key}", why)
+    _translate_lightbus_transports(document, origin, plugins)
     return document
+
+
+def _accept_lightbus_names(document: dict[str, Any]) -> None:
+    """Root `service_name`/`process_name` (Lightbus's place) move under `bus` (where a value
+    already there wins); Lightbus's `{hostname}`, `{pid}`, `{random4}`... are filled in.
+    `{hostname}-{pid}` is Bus's own default process name, which a forked child renews."""
+    bus = document.get("bus")
+    if bus is None and any(key in document for key in ("service_name", "process_name")):
+        bus = document["bus"] = {}
+    if not isinstance(bus, dict):
+        return
+    for key in ("service_name", "process_name"):
+        if key in document:
+            bus.setdefault(key, document.pop(key))
+        value = bus.get(key)
+        if not isinstance(value, str) or not _LIGHTBUS_NAME_FIELD.search(value):
+            continue
+        if key == "process_name" and value == "{hostname}-{pid}":
+            del bus[key]
+        else:
+            bus[key] = _lightbus_name(value)
+
+
+def _translate_lightbus_transports(document: dict[str, Any], origin: str,
+                                   plugins: PluginManager | None) -> None:
+    """Each transport selection whose transport registered a Lightbus translator gets its
+    options translated (a copy: YAML aliases may share one mapping between selections)."""
+    places: list[tuple[str, dict[str, Any], str, str]] = []
+    apis = document.get("apis")
+    if isinstance(apis, dict):
+        for api_name, section in apis.items():
+            if isinstance(section, dict):
+                places += [(f"apis.{api_name}", section, key, kind)
+                           for kind, key in TRANSPORT_KEYS.items()]
+    bus = document.get("bus")
+    schema = bus.get("schema") if isinstance(bus, dict) else None
+    if isinstance(schema, dict):
+        places.append(("bus.schema", schema, "transport", "schema"))
+    for prefix, section, key, kind in places:
+        selection = section.get(key)
+        if not isinstance(selection, dict) or len(selection) != 1:
+            continue  # validation reports it
+        ((name, options),) = selection.items()
+        translate = _LIGHTBUS_OPTIONS.get((kind, name))
+        if translate is None or not isinstance(options, dict) or (
+                plugins is not None and (kind, name) not in plugins.transports):
+            continue
+        translated = copy.deepcopy(options)
+        ignored = translate(translated)
+        section[key] = {name: translated}
+        for option, why in ignored.items():
+            _warn_ignored(origin, f"{prefix}.{key}.{name}.{option}", why, depth=2)
 
 
 def _rename_lightbus_plugins(plugins: dict[str, Any], origin: str) -> None:
