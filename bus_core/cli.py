@@ -13,6 +13,7 @@ import asyncio
 import collections
 import dataclasses
 import importlib
+import inspect
 import json
 import logging
 import math
@@ -30,11 +31,14 @@ from bus_core.config import Config, config_schema, load_config
 from bus_core.errors import BusError
 from bus_core.plugins import PluginInfo, PluginManager
 from bus_core.redaction import redact_text, redact_url
+from bus_core.transports import CheckNote
 
 _SKIP_DIRS = {".git", ".hg", ".venv", "venv", "env", "node_modules", "__pycache__",
               "site-packages", "build", "dist", ".tox", ".nox", ".mypy_cache", ".pytest_cache"}
 _SEARCH_DEPTH = 4
 FEATURES = ("rpcs", "events", "tasks")
+# What `bus config check --connect --role` names: what a service does with its transports.
+CHECK_ROLES = ("call", "serve", "fire", "listen", "schema")
 _LOADED_FROM: dict[int, str] = {}
 logger = logging.getLogger("bus.cli")
 
@@ -264,12 +268,35 @@ def _configured_transports(config: Config, manager: PluginManager) -> list[_Conf
     return list(found.values())
 
 
-async def _check_connection(item: _Configured, timeout: float) -> list[str]:
-    """Open one transport, ask it to check itself, close it: the problems found."""
+def _api_names(item: _Configured, config: Config, named: Sequence[str]) -> list[str]:
+    """The APIs whose keys a transport's check probes: those whose `apis.<name>` selects
+    it, plus `named` (--api) when `apis.default` does (it stands for any API); for the
+    schema transport, every API of the config and `named`."""
+    names: list[str] = []
+    for path in item.paths:
+        if path == "bus.schema.transport":
+            names += [*config.api_names, *named]
+        elif path.startswith("apis.default."):
+            names += named
+        else:
+            names.append(path.split(".")[1])
+    return list(dict.fromkeys(names))
+
+
+async def _check_connection(item: _Configured, timeout: float,
+                            api_names: Sequence[str] = ()) -> list[str]:
+    """Open one transport, ask it to check itself, close it: the problems found, and its
+    notes (`CheckNote`s). A `check()` that takes no `api_names` is called without them."""
     async def check() -> list[str]:
         await item.instance.open()
         try:
-            return [str(problem) for problem in await item.instance.check()]
+            try:
+                takes_names = "api_names" in inspect.signature(item.instance.check).parameters
+            except (TypeError, ValueError):
+                takes_names = False
+            answer = await (item.instance.check(api_names=list(api_names)) if takes_names
+                            else item.instance.check())
+            return [line if isinstance(line, CheckNote) else str(line) for line in answer]
         finally:
             await item.instance.close()
 
@@ -279,6 +306,27 @@ async def _check_connection(item: _Configured, timeout: float) -> list[str]:
         return [f"no answer within {timeout:g}s"]
     except Exception as exc:
         return [f"{type(exc).__name__}: {exc}"]
+
+
+def _verdict(answer: Sequence[str], roles: Sequence[str]) -> tuple[list[str], str, list[str]]:
+    """(problems, the transport line's verdict, note lines) of one transport's check. A
+    note is a problem when it says a role named with --role cannot be played, or, with
+    --role, that the permissions could not be verified."""
+    problems: list[str] = []
+    notes: list[str] = []
+    for line in answer:
+        informs = isinstance(line, CheckNote) and not (
+            line.role in roles or (line.unverified and bool(roles)))
+        (notes if informs else problems).append(line)
+    if problems:
+        verdict = "; ".join(problems)
+    elif any(isinstance(n, CheckNote) and n.unverified for n in notes):
+        verdict = "reachable; permissions not verified (see below)"
+    elif any(isinstance(n, CheckNote) and n.role for n in notes):
+        verdict = "reachable; some roles refused (see below)"
+    else:
+        verdict = "ok"
+    return problems, verdict, notes
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -299,12 +347,22 @@ def cmd_config_check(args: argparse.Namespace) -> int:
           f"plugins enabled: {', '.join(sorted(manager.enabled)) or 'none'})")
     if not args.connect:
         return 0
+    roles: list[str] = args.role or []
     failed = 0
+    role_notes = False
     for item in transports:
-        problems = asyncio.run(_check_connection(item, args.timeout))
+        answer = asyncio.run(_check_connection(item, args.timeout,
+                                               _api_names(item, config, args.api or [])))
+        problems, verdict, notes = _verdict(answer, roles)
         failed += bool(problems)
-        outcome = redact_text("; ".join(problems)) if problems else "ok"
-        print(f"{item.kind} transport {item.name} ({', '.join(item.paths)}): {outcome}")
+        print(f"{item.kind} transport {item.name} ({', '.join(item.paths)}): "
+              f"{redact_text(verdict)}")
+        for note in notes:
+            print(f"  {redact_text(note)}")
+            role_notes = role_notes or bool(getattr(note, "role", None))
+    if role_notes and not roles:
+        print("(a role a service does not play may be refused: name those it plays with "
+              "--role, e.g. --role listen, to make their refusals problems)")
     if failed:
         raise CommandFailed(f"{shown}: {failed} of {len(transports)} transport(s) failed "
                             "their check")
@@ -400,6 +458,12 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     check.add_argument("--connect", action="store_true",
                        help="also connect with each configured transport and let it check "
                             "its server (reachability, credentials, version, permissions)")
+    check.add_argument("--api", action="append", metavar="NAME",
+                       help="with --connect: also check the keys of API NAME on the "
+                            "transports apis.default selects (repeatable)")
+    check.add_argument("--role", action="append", choices=CHECK_ROLES,
+                       help="with --connect: a role this service plays (repeatable); a "
+                            "transport whose user cannot play it fails the check")
     check.add_argument("-t", "--timeout", type=_positive_seconds, default=10.0,
                        metavar="SECONDS", help="with --connect: seconds per transport "
                                                "(default 10)")

@@ -59,18 +59,45 @@ class Transport(abc.ABC):  # noqa: B024  (no method every transport must define)
     async def close(self) -> None:  # noqa: B027  (optional)
         """Release connections. After this the instance is not used again."""
 
-    async def check(self) -> list[str]:
+    async def check(self, api_names: Sequence[str] = ()) -> list[str]:
         """What `bus config check --connect` asks before a deploy: can this transport, as
         configured, do its job? Called once, after `open()` (and followed by `close()`), on
         an instance made from the config like any other.
 
+        `api_names`: the APIs whose `apis.<name>` section selects this instance (and those
+        named with `--api` when `apis.default` selects it), so that the check can use their
+        real key names; empty when none is known. The CLI passes it only to a `check` that
+        takes it, so an override written as `check(self)` still works.
+
         Returns the problems found, each one line an operator can act on (unreachable,
         credentials refused, server too old, a command or key pattern the user may not
-        use), naming no secret; an empty list means "ok". It must not change any data a
-        service uses, nor wait longer than a few seconds. It may raise instead of returning
-        a problem (`TransportUnavailable` and the like): the exception's message is then the
+        use), naming no secret; an empty list means "ok". A `CheckNote` in the list is
+        information, not a problem (a fallback on an older server, a role this user cannot
+        play, a part that could not be verified). It must not change any data a service
+        uses, nor wait longer than a few seconds. It may raise instead of returning a
+        problem (`TransportUnavailable` and the like): the exception's message is then the
         problem. The default checks nothing and returns []."""
         return []
+
+
+class CheckNote(str):
+    """A line of `Transport.check()`'s answer that informs and is no problem by itself.
+
+    `role`: the note says this transport cannot play that role (`call`, `serve`, `fire`,
+    `listen`, `schema`): a problem only for a service that plays it, which the operator
+    says with `bus config check --connect --role ROLE`. `unverified`: part of the check
+    could not be made (e.g. the user may not ask Redis about permissions); the transport is
+    then not reported "ok", and with `--role` it is a problem."""
+
+    role: str | None
+    unverified: bool
+
+    def __new__(cls, text: str, *, role: str | None = None,
+                unverified: bool = False) -> CheckNote:
+        note = super().__new__(cls, text)
+        note.role = role
+        note.unverified = unverified
+        return note
 
 
 @dataclass(slots=True)

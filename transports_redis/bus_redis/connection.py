@@ -30,6 +30,7 @@ from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     ClusterError,
+    NoPermissionError,
     RedisClusterException,
     RedisClusterUnreachableError,
     RedisError,
@@ -620,3 +621,161 @@ class BlockingClient:
 
     async def close(self) -> None:
         await self.reset()
+
+
+# -- what `bus config check --connect` asks of a server ---------------------------------------
+
+OLDEST_VERSION = (6, 2)  # XAUTOCLAIM, LPOP with a count
+BLMPOP_VERSION = (7, 0)  # BLMPOP (older servers: BLPOP then LPOP), ACL DRYRUN, selectors
+CHECK_WAIT = 3.0  # seconds one sentinel or node may take to answer the check
+
+
+@dataclass
+class ServerFacts:
+    """What a check learnt of the server behind a URL: problems (the transport cannot work),
+    notes (information), and what the permission probes need."""
+
+    problems: list[str]
+    notes: list[str]
+    version: tuple[int, ...] | None = None
+    user: str = "default"
+
+
+def _version(text: Any) -> tuple[int, ...] | None:
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    parts = text.split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
+
+
+def _field(reply: Any, name: str) -> Any:
+    """A field of a HELLO reply (a map with RESP3, a flat list with RESP2)."""
+    if isinstance(reply, list):
+        reply = dict(zip(reply[::2], reply[1::2], strict=False))
+    if not isinstance(reply, dict):
+        return None
+    value = reply.get(name, reply.get(name.encode()))
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _where(client: Any) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
+async def _sentinels_problem(shared: SharedClient, facts: ServerFacts) -> bool:
+    """Ask each sentinel where the master is; a problem when none knows it."""
+    assert shared.sentinel is not None and shared.target is not None
+    name = shared.target.master_name
+    answers: list[str] = []
+    known: set[str] = set()
+    for sentinel in shared.sentinel.sentinels:
+        where = _where(sentinel)
+        try:
+            address = await asyncio.wait_for(sentinel.execute_command(
+                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", name), CHECK_WAIT)
+        except AuthenticationError:
+            answers.append(f"sentinel {where} refused the credentials (sentinel_username, "
+                           "sentinel_password)")
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            answers.append(f"sentinel {where} is unreachable ({type(exc).__name__})")
+        else:
+            if address:
+                host, port = (p.decode() if isinstance(p, bytes) else str(p) for p in address)
+                known.add(f"{host}:{port}")
+            else:
+                answers.append(f"sentinel {where} does not know master {name!r}")
+    if not known:
+        facts.problems.append(f"no sentinel knows master {name!r}: " + "; ".join(answers))
+        return True
+    where = ", ".join(sorted(known))
+    facts.notes.append(f"{len(shared.sentinel.sentinels) - len(answers)} of "
+                       f"{len(shared.sentinel.sentinels)} sentinels know master {name!r} "
+                       f"at {where}" + (f" ({'; '.join(answers)})" if answers else ""))
+    if len(known) > 1:
+        facts.notes.append(f"the sentinels disagree on where master {name!r} is (a "
+                           "failover in progress?)")
+    return False
+
+
+async def node_clients(shared: SharedClient) -> list[tuple[str | None, Any]]:
+    """Clients to ask each master something of its own (ACL rules and cluster state are
+    per node on a cluster): (the node, a client of its own, to close) per cluster master,
+    or (None, the shared client) for one server or Sentinel's master."""
+    if shared.mode != "cluster":
+        return [(None, shared.client)]
+    cluster: RedisCluster = shared.client
+    if not cluster.get_nodes():
+        await cluster.initialize()
+    kwargs = {**shared.connection_kwargs, "socket_timeout": CHECK_WAIT}
+    kwargs.pop("health_check_interval", None)
+    return [(f"{node.host}:{node.port}", redis.Redis(host=node.host, port=node.port,
+                                                    single_connection_client=True, **kwargs))
+            for node in cluster.get_primaries()]
+
+
+async def _cluster_problems(shared: SharedClient, facts: ServerFacts) -> None:
+    """Every master of the cluster says `cluster_state:ok` (when the user may ask)."""
+    clients = await node_clients(shared)
+    try:
+        for where, client in clients:
+            try:
+                info = await client.execute_command("CLUSTER INFO")
+            except NoPermissionError:
+                facts.notes.append("the cluster's state was not checked: the user may not "
+                                   "run CLUSTER INFO")
+                return
+            except (RedisError, OSError) as exc:
+                facts.problems.append(f"cluster node {where} is unreachable ({exc})")
+                continue
+            state = info.get("cluster_state") if isinstance(info, dict) else None
+            if state != "ok":
+                facts.problems.append(f"cluster node {where} reports cluster_state:{state}")
+        if not facts.problems:
+            facts.notes.append(f"cluster state ok on all {len(clients)} masters")
+    finally:
+        for _, client in clients:
+            await client.aclose()
+
+
+async def server_facts(shared: SharedClient) -> ServerFacts:
+    """Reachability, credentials, version, role and topology of the server(s) behind a
+    URL, with no key touched. Problems name no secret."""
+    facts = ServerFacts(problems=[], notes=[])
+    url = shared.url
+    if shared.mode == "sentinel" and await _sentinels_problem(shared, facts):
+        return facts
+    try:
+        hello = await redis_call(url, "cannot connect", lambda: shared.client.execute_command(
+            "HELLO"))
+    except TransportError as exc:
+        facts.problems.append(str(exc))
+        return facts
+    facts.version = _version(_field(hello, "version") or "")
+    mode, role = _field(hello, "mode"), _field(hello, "role")
+    shown = ".".join(map(str, facts.version or ())) or "of unknown version"
+    if facts.version is not None and facts.version < OLDEST_VERSION:
+        facts.problems.append(f"Redis {shown} is older than 6.2, which Bus needs (XAUTOCLAIM, "
+                              "LPOP with a count)")
+    elif facts.version is not None and facts.version < BLMPOP_VERSION:
+        facts.notes.append(f"Redis {shown} has no BLMPOP: RPC workers and result readers pop "
+                           "with BLPOP then LPOP (one more round trip per batch)")
+    if mode == "cluster" and shared.mode != "cluster":
+        facts.problems.append(f"Redis at {redact(url)} is a cluster node: use "
+                              "redis+cluster://HOST:PORT,.../")
+    if role in ("replica", "slave") and shared.mode == "server":
+        facts.problems.append(f"Redis at {redact(url)} is a replica (read-only): point the "
+                              "URL at the master, or use redis+sentinel://")
+    # The URL's user (HELLO authenticated as it). Not ACL WHOAMI: a refusal of it would
+    # land in ACL LOG, where operators look for what their services miss.
+    options = shared.target.options if shared.target is not None else (
+        shared.pool.connection_kwargs if shared.pool is not None else {})
+    facts.user = options.get("username") or "default"
+    facts.notes.insert(0, f"Redis {shown} ({mode or shared.mode}"
+                          f"{', ' + role if role and mode != 'cluster' else ''}), "
+                          f"user {facts.user}")
+    if shared.mode == "cluster":
+        try:
+            await _cluster_problems(shared, facts)
+        except (RedisError, RedisClusterException, OSError) as exc:
+            facts.problems.append(f"cannot look at the cluster's nodes: {exc}")
+    return facts

@@ -38,11 +38,12 @@ from bus_core.transports import (
     EventTransport,
     GroupInfo,
 )
-from bus_redis.base import OPTIONS_SCHEMA, Batcher, RedisTransport, Scripts
+from bus_redis.base import OPTIONS_SCHEMA, Batcher, Probe, RedisTransport, Scripts
 from bus_redis.connection import BlockingClient, redact, redis_call
 
 logger = logging.getLogger("bus.redis.event")
 METADATA_FIELDS = ("id", "api_name", "event_name", "version")
+CHECK_EVENT = "any_event"  # with stream_use per_event, the event whose stream is probed
 SETTLE_POLL = 0.05  # seconds a read blocks at most while handed-out events are unsettled
 
 OPTIONS = {
@@ -158,6 +159,47 @@ class RedisEventTransport(RedisTransport, EventTransport):
 
     def group_name(self, listener_name: str) -> str:
         return f"{self.service_name}-{listener_name}"
+
+    def check_probes(self, api_names: list[str], version: tuple[int, ...] | None
+                     ) -> list[Probe]:
+        """Per API: a fire (XADD, and WAIT with `min_replicas`); a listener's group and
+        reads (XGROUP CREATE, XREADGROUP, XPENDING, XCLAIM, XAUTOCLAIM, XACK), its dead
+        letters (MULTI, XADD, EXEC) and, optional, the forgetting of idle consumers (a
+        script, XINFO CONSUMERS, XGROUP DELCONSUMER). With `per_event` streams, the stream
+        of an event named `any_event` stands for each event's."""
+        probes: list[Probe] = []
+        group, consumer = self.group_name("listener"), self.process_name
+        trim = ("MAXLEN", "~", self.max_stream_length) if self.max_stream_length else ()
+        for api in api_names:
+            stream = self.stream_name(api, CHECK_EVENT)
+            dead = self.dead_letter_stream(stream)
+            firing, listening = f"fire {api} events", f"listen on {api} events"
+            probes.append(Probe("fire", firing, ("XADD", stream, *trim, "*", "f", "v")))
+            if self.min_replicas:
+                probes.append(Probe("fire", firing, ("WAIT", self.min_replicas, 1)))
+            entry = "0-1"
+            probes += [Probe("listen", listening, command) for command in (
+                ("XGROUP", "CREATE", stream, group, "$", "MKSTREAM"),
+                ("XREADGROUP", "GROUP", group, consumer, "COUNT", self.batch_size, "BLOCK", 1,
+                 "STREAMS", stream, ">"),
+                ("XPENDING", stream, group, entry, entry, 1),
+                ("XCLAIM", stream, group, consumer, 0, entry),
+                ("XAUTOCLAIM", stream, group, consumer, 1000, "0-0", "COUNT",
+                 self.batch_size),
+                ("XACK", stream, group, entry),
+                ("MULTI",), ("XADD", dead, *trim, "*", "f", "v"), ("EXEC",))]
+            if self.min_replicas_for_acks and self.min_replicas:
+                probes.append(Probe("listen", listening, ("WAIT", self.min_replicas, 1)))
+            if self.forget_consumers_after is not None:
+                lost = "consumers of processes that are gone pile up in the listener groups"
+                for command in self.scripts.probes("forget_idle_consumers", [stream],
+                                                   [group, consumer, 1000]):
+                    probes.append(Probe("listen", listening, command, lost))
+                probes += [Probe("listen", listening, ("XINFO", "CONSUMERS", stream, group),
+                                 lost),
+                           Probe("listen", listening,
+                                 ("XGROUP", "DELCONSUMER", stream, group, consumer), lost)]
+        return probes
 
     # -- encoding ------------------------------------------------------------------------
 

@@ -47,8 +47,10 @@ from bus_core.messages import (
 from bus_core.runtime import time_out
 from bus_core.transports import MalformedRpc, ResultTransport
 from bus_redis.base import (
+    CHECK_ID,
     OPTIONS_SCHEMA,
     Batcher,
+    Probe,
     RedisTransport,
     Scripts,
     by_slot,
@@ -200,6 +202,51 @@ class RedisResultTransport(RedisTransport, ResultTransport):
                 return None
             return "neither a shared reply list nor this call's own result key"
         return result_key_problem(key, call.id)  # a call with no id is still told why
+
+    def check_probes(self, api_names: list[str], version: tuple[int, ...] | None
+                     ) -> list[Probe]:
+        """A caller's wait for results (BLMPOP on its shared reply list, or BLPOP before
+        Redis 7 and with `per_call`) and its optional check on workers (MGET, EXISTS); a
+        worker's answer (the reply script, LPUSH, EXPIRE) on the reply keys of this
+        config's `reply_list` form (shared: named after this process)."""
+        probes: list[Probe] = []
+        blmpop = version is None or version >= (7, 0)
+        if self.reply_list == "shared":
+            receiving = "receive RPC results"
+            key = self.reply_key
+            if blmpop:
+                probes.append(Probe("call", receiving, ("BLMPOP", 1, 1, key, "LEFT", "COUNT",
+                                                        100)))
+            else:
+                probes += [Probe("call", receiving, ("BLPOP", key, 1)),
+                           Probe("call", receiving, ("LPOP", key, 100))]
+            if self.worker_check_interval is not None:
+                claim = cluster_claim_key(f"{api_names[0]}:rpc_queue", CHECK_ID) \
+                    if self.cluster and api_names else claim_key(CHECK_ID)
+                lost = ("calls whose worker dies wait for their timeout (grant reading "
+                        "bus:claim:* and bus:worker:*, or set worker_check_interval: null)")
+                probes += [Probe("call", receiving, ("MGET", claim), lost),
+                           Probe("call", receiving,
+                                 ("EXISTS", f"{WORKER_PREFIX}{self.process_name}:{CHECK_ID}"),
+                                 lost)]
+            answer_keys = [(self.reply_key, "answer RPCs")]
+        else:
+            answer_keys = []
+            for api in api_names:
+                key = result_key(api, "rpc", CHECK_ID)
+                probes.append(Probe("call", f"receive results of {api}'s RPCs",
+                                    ("BLPOP", key, 1)))
+                answer_keys.append((key, f"answer {api}'s RPCs"))
+        for key, answering in answer_keys:
+            for command in self.scripts.probes("reply", [key], [self.result_ttl, "x"]):
+                probes.append(Probe("serve", answering, command))
+            probes += [Probe("serve", answering, ("LPUSH", key, "x")),
+                       Probe("serve", answering, ("EXPIRE", key, self.result_ttl))]
+        return probes
+
+    @property
+    def per_api_check(self) -> bool:  # type: ignore[override]
+        return self.reply_list != "shared"
 
     def get_return_path(self, message: RpcMessage) -> str:
         if self.reply_list == "shared":

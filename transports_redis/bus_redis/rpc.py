@@ -30,8 +30,10 @@ from bus_core.logs import Throttle
 from bus_core.messages import RpcMessage, rpc_to_blob
 from bus_core.transports import MalformedRpc, RpcConsumer, RpcTransport, decode_call
 from bus_redis.base import (
+    CHECK_ID,
     OPTIONS_SCHEMA,
     Batcher,
+    Probe,
     RedisTransport,
     Scripts,
     raise_if_error,
@@ -288,6 +290,58 @@ class RedisRpcTransport(RedisTransport, RpcTransport):
                 for position in positions:
                     replies[position] = outcome
         return replies
+
+    def check_probes(self, api_names: list[str], version: tuple[int, ...] | None
+                     ) -> list[Probe]:
+        """A caller's enqueue (script, SET PX, RPUSH); a worker's pop (BLMPOP, or BLPOP and
+        LPOP before Redis 7) and claim (script, DEL), and its optional parts: recording who
+        took a call (PTTL, SET PX of the claim and liveness keys, DEL at stop) and the
+        locks of single scheduled tasks."""
+        probes: list[Probe] = []
+        token = CHECK_ID[:16]
+        for api in api_names:
+            queue = queue_key(api)
+            expiry = cluster_expiry_key(queue, CHECK_ID) if self.cluster else expiry_key(
+                CHECK_ID)
+            calling = f"call {api}"
+            for command in self.scripts.probes("enqueue", [queue, expiry], [1000, "x"]):
+                probes.append(Probe("call", calling, command))
+            probes += [Probe("call", calling, ("SET", expiry, "1", "PX", 1000)),
+                       Probe("call", calling, ("RPUSH", queue, "x"))]
+            serving = f"serve {api}"
+            if version is None or version >= (7, 0):
+                probes.append(Probe("serve", serving, ("BLMPOP", 1, 1, queue, "LEFT", "COUNT",
+                                                       self.batch_size)))
+            else:
+                probes += [Probe("serve", serving, ("BLPOP", queue, 1)),
+                           Probe("serve", serving, ("LPOP", queue, self.batch_size))]
+            for command in self.scripts.probes("claim", [expiry], []):
+                probes.append(Probe("serve", serving, command))
+            probes.append(Probe("serve", serving, ("DEL", expiry)))
+            if self.worker_ttl is None:
+                continue
+            claim = cluster_claim_key(queue, CHECK_ID) if self.cluster else claim_key(CHECK_ID)
+            worker = cluster_worker_key(queue, self.process_name, token) if self.cluster \
+                else worker_key(self.process_name, token)
+            lost = ("the worker records no claims: its callers wait for their timeout when "
+                    "it dies (grant bus:claim:* and bus:worker:*, or set worker_ttl: null)")
+            ttl = max(1, int(self.worker_ttl * 1000))
+            for command in self.scripts.probes("claim_recording", [expiry, claim, worker],
+                                               [ttl, "-"]):
+                probes.append(Probe("serve", serving, command, lost))
+            probes += [Probe("serve", serving, ("PTTL", expiry), lost),
+                       Probe("serve", serving, ("SET", worker, "1", "PX", ttl), lost),
+                       Probe("serve", serving, ("SET", claim, "-" + worker, "PX", ttl), lost),
+                       Probe("serve", serving, ("DEL", worker), lost)]
+        lock = lock_key(self.service_name, "task")
+        lost = "single=True scheduled tasks are skipped (their lock bus:lock:... is refused)"
+        for name, args in (("lock", [self.process_name, 1000]), ("unlock", [self.process_name])):
+            for command in self.scripts.probes(name, [lock], args):
+                probes.append(Probe("serve", "take task locks", command, lost))
+        for command in (("SET", lock, "x", "NX", "PX", 1000), ("GET", lock),
+                        ("PEXPIRE", lock, 1000), ("DEL", lock)):
+            probes.append(Probe("serve", "take task locks", command, lost))
+        return probes
 
     async def open_consumer(self, api_names: Sequence[str]) -> RpcConsumer:
         # Reach Redis now, as a listener's group creation does: a worker whose credentials

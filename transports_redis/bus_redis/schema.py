@@ -9,7 +9,7 @@ from typing import Any
 
 from bus_core.messages import valid_api_name
 from bus_core.transports import SchemaTransport
-from bus_redis.base import OPTIONS_SCHEMA, RedisTransport
+from bus_redis.base import OPTIONS_SCHEMA, Probe, RedisTransport
 from bus_redis.connection import redis_call
 
 OPTIONS = {"type": "object", "additionalProperties": False, "properties": dict(OPTIONS_SCHEMA)}
@@ -28,6 +28,23 @@ def _text(value: bytes | str) -> str | None:
 
 
 class RedisSchemaTransport(RedisTransport, SchemaTransport):
+    per_api_check = False  # storing needs API names; loading (all schemas) does not
+    def check_probes(self, api_names: list[str], version: tuple[int, ...] | None
+                     ) -> list[Probe]:
+        """Storing the schema of each API named (SET, EXPIRE, SADD) and loading all
+        (SMEMBERS, MGET; GET on a cluster). Only the bus-schema plugin uses these, so a
+        refusal is a note of role `schema`."""
+        probes = [Probe("schema", "load schemas", ("SMEMBERS", SCHEMA_SET))]
+        for api in api_names:
+            key = schema_key(api)
+            probes.append(Probe("schema", "load schemas",
+                                ("GET" if self.cluster else "MGET", key)))
+            storing = f"store the schema of {api}"
+            probes += [Probe("schema", storing, ("SET", key, "x")),
+                       Probe("schema", storing, ("EXPIRE", key, 60)),
+                       Probe("schema", storing, ("SADD", SCHEMA_SET, api))]
+        return probes
+
     async def store(self, api_name: str, schema: dict[str, Any], ttl: float | None) -> None:
         data = self.serializer.dumps(schema)
 
