@@ -21,6 +21,7 @@ import os
 import platform
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -503,7 +504,23 @@ def _configure_logging(level: str, log_format: str | None = None) -> None:
     configure(level if isinstance(getattr(logging, level, None), int) else "INFO", chosen)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: Any = None, line: str | None = None) -> None:
+    """Warnings (a config setting ignored, a plugin that will not run) as the command's own
+    one-line notes, not Python's file:line form."""
+    print(f"bus: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.showwarning = previous
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         manager = PluginManager()  # to learn the plugins' subcommands
