@@ -254,13 +254,20 @@ def _key(message: EventMessage) -> tuple[datetime, str]:
 
 
 async def merged_history(bus: Bus, pairs: Sequence[tuple[str, str]], start: datetime | None,
-                         stop: datetime | None) -> AsyncIterator[EventMessage]:
-    """Every event of `pairs` in [start, stop], newest first across all of them."""
+                         stop: datetime | None, undecodable: list[str] | None = None
+                         ) -> AsyncIterator[EventMessage]:
+    """Every event of `pairs` in [start, stop], newest first across all of them; the ids of
+    entries that could not be decoded go to `undecodable` (where the transport tells)."""
     state = await bus.client.state()
     iterators: list[AsyncIterator[EventMessage]] = []
     for api_name, event_name in pairs:
         transport = await state.transport("event", api_name)
-        iterators.append(transport.history(api_name, event_name, start, stop).__aiter__())
+        try:
+            history = transport.history(api_name, event_name, start, stop,
+                                        undecodable=undecodable)
+        except TypeError:  # a transport written before `undecodable` existed
+            history = transport.history(api_name, event_name, start, stop)
+        iterators.append(history.__aiter__())
     heads: dict[int, EventMessage] = {}
     for index, iterator in enumerate(iterators):
         head = await anext(iterator, None)
@@ -284,6 +291,7 @@ class Inspection:
         self.args, self.bus, self.pairs, self.emit = args, bus, pairs, emit
         self.where, self.since, self.until = _filters(args)
         self.scanned = 0
+        self.undecodable: list[str] = []
         self.progress = sys.stderr.isatty()
         self.newest: EventMessage | None = None
         self.at_newest: set[str] = set()  # ids scanned at the newest event's time
@@ -302,7 +310,8 @@ class Inspection:
     async def backlog(self) -> list[EventMessage]:
         """Up to --limit matching events, newest first."""
         found: list[EventMessage] = []
-        async for message in merged_history(self.bus, self.pairs, self.since, self.until):
+        async for message in merged_history(self.bus, self.pairs, self.since, self.until,
+                                            self.undecodable):
             self.count_scanned()
             if self.newest is None:
                 self.newest = message
@@ -344,8 +353,19 @@ class Inspection:
             print(f"following {names} (Ctrl-C to stop)", file=sys.stderr, flush=True)
             await self.follow(started)
         elif not found and not self.args.json:
-            print(f"no events ({self.scanned} scanned)", file=sys.stderr)
+            print(f"no events ({self.scanned} scanned{self.undecodable_note()})",
+                  file=sys.stderr)
+        elif self.undecodable and not self.args.json:
+            print(f"({self.undecodable_note().lstrip(', ')} not shown)", file=sys.stderr)
         return 0
+
+    def undecodable_note(self) -> str:
+        """', N undecodable, first <id>' for the entries that could not be read, or ''."""
+        ids = list(dict.fromkeys(self.undecodable))  # a shared stream reports once per pair
+        if not ids:
+            return ""
+        return f", {len(ids)} undecodable entr{'y' if len(ids) == 1 else 'ies'}, " \
+               f"first {ids[0]}"
 
 
 def _filters(args: argparse.Namespace

@@ -293,8 +293,11 @@ class EventTransport(Transport):
         events only, "0" for the beginning, a datetime, or a transport-native id."""
 
     async def history(self, api_name: str, event_name: str, start: datetime | None = None,
-                      stop: datetime | None = None) -> AsyncIterator[EventMessage]:
-        """Events of one kind already on the transport, newest first, read-only."""
+                      stop: datetime | None = None, undecodable: list[str] | None = None
+                      ) -> AsyncIterator[EventMessage]:
+        """Events of one kind already on the transport, newest first, read-only. Entries
+        that cannot be decoded are skipped; with `undecodable`, their native ids are
+        appended to it (so `bus inspect` can say what it could not show)."""
         raise NotImplementedError(f"{type(self).__name__} keeps no history")
         yield  # pragma: no cover
 

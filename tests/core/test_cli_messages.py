@@ -219,3 +219,20 @@ def test_call_timeout_says_where_it_came_from(shop):
     assert result.returncode == 1
     assert ("shop.price() got no result within 0.3s (--timeout): no worker serving API 'shop' "
             "answered in time") in result.stderr
+
+
+def test_inspect_says_how_many_entries_it_could_not_decode(shop, server):
+    with server.client() as client:  # what a broken peer wrote, between two good events
+        assert bus(shop, "fire", "shop.ordered", "item=tea", "qty=1").returncode == 0
+        bad = [client.xadd("shop.*:stream", {"id": "x", "api_name": "shop",
+                                             "event_name": "ordered", "version": "1",
+                                             ":item": "{not json"}) for _ in range(2)]
+    elsewhere = shop / "elsewhere"
+    elsewhere.mkdir()
+    shown = bus(shop, "inspect", "-e", "shop.ordered", cwd=elsewhere)
+    assert shown.returncode == 0, shown.stderr
+    assert 'item="tea"' in shown.stdout
+    assert f"2 undecodable entries, first {bad[-1].decode()}" in shown.stderr  # newest first
+    nothing = bus(shop, "inspect", "-e", "shop.ordered", "--where", "item=cake", cwd=elsewhere)
+    assert "no events (3 scanned" not in nothing.stderr  # undecodable ones are not scanned
+    assert "no events (1 scanned, 2 undecodable entries" in nothing.stderr, nothing.stderr

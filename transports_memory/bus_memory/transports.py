@@ -252,7 +252,8 @@ class MemoryEventTransport(_MemoryTransport, EventTransport):
                              native_id=str(offset), stream=stream.name, raw=data)
 
     async def history(self, api_name: str, event_name: str, start: datetime | None = None,
-                      stop: datetime | None = None) -> AsyncIterator[EventMessage]:
+                      stop: datetime | None = None, undecodable: list[str] | None = None
+                      ) -> AsyncIterator[EventMessage]:
         stream = self._stream(api_name, event_name)
         with self.broker.lock:
             entries = list(stream.entries)
@@ -262,6 +263,8 @@ class MemoryEventTransport(_MemoryTransport, EventTransport):
             delivery = self.decode(stream, entry.offset, entry.data, 0)
             if delivery.message is not None:
                 yield delivery.message
+            elif undecodable is not None:
+                undecodable.append(delivery.native_id)
 
     async def lag(self, api_name: str, event_name: str, listener_name: str) -> int:
         stream = self._stream(api_name, event_name)

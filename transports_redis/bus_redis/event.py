@@ -381,7 +381,8 @@ class RedisEventTransport(RedisTransport, EventTransport):
                     raise
 
     async def history(self, api_name: str, event_name: str, start: datetime | None = None,
-                      stop: datetime | None = None) -> AsyncIterator[EventMessage]:
+                      stop: datetime | None = None, undecodable: list[str] | None = None
+                      ) -> AsyncIterator[EventMessage]:
         stream = self.stream_name(api_name, event_name)
         high = stream_id_from_datetime(stop).replace("-0", "-18446744073709551615") if stop \
             else "+"
@@ -395,8 +396,12 @@ class RedisEventTransport(RedisTransport, EventTransport):
                 return
             for entry_id, fields in entries:
                 delivery = self.decode(stream, _text(entry_id), fields, 0)
-                if delivery is not None and delivery.message is not None \
-                        and delivery.message.event_name == event_name:
+                if delivery is None:
+                    continue
+                if delivery.message is None:
+                    if undecodable is not None:
+                        undecodable.append(delivery.native_id)
+                elif delivery.message.event_name == event_name:
                     yield delivery.message
             last = _text(entries[-1][0])
             milliseconds, sequence = (int(part) for part in last.split("-"))
