@@ -213,8 +213,11 @@ def test_lightbus_only_settings_load_with_a_warning(manager):
     lightbus = {"bus": {"log_level": "info", "schema": {"human_readable": True, "ttl": 60}},
                 "apis": {"default": {"cast_values": True, "event_listener_setup_timeout": 1,
                                      "rpc_timeout": 5, "validate": True}}}
-    with pytest.warns(UserWarning, match="apis.default.cast_values is a Lightbus setting"):
+    with pytest.warns(UserWarning) as caught:
         config = load_config(lightbus, manager, environ={})
+    assert sorted(str(w.message).split(" is a Lightbus")[0] for w in caught) == [
+        "config: apis.default.cast_values", "config: apis.default.event_listener_setup_timeout",
+        "config: bus.schema.human_readable"]
     assert config.bus["log_level"] == "INFO" and config.api("x").rpc_timeout == 5
 
 
