@@ -16,7 +16,6 @@ import importlib
 import inspect
 import json
 import logging
-import math
 import os
 import platform
 import sys
@@ -465,7 +464,7 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     check.add_argument("--role", action="append", choices=CHECK_ROLES,
                        help="with --connect: a role this service plays (repeatable); a "
                             "transport whose user cannot play it fails the check")
-    check.add_argument("-t", "--timeout", type=_positive_seconds, default=10.0,
+    check.add_argument("-t", "--timeout", type=cli_messages.positive_seconds, default=10.0,
                        metavar="SECONDS", help="with --connect: seconds per transport "
                                                "(default 10)")
     check.set_defaults(handler=cmd_config_check)
@@ -482,16 +481,6 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
         entry.setup(sub)
         sub.set_defaults(handler=entry.run)
     return parser
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
 
 
 def _configure_logging(level: str, log_format: str | None = None) -> None:

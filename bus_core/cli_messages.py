@@ -418,7 +418,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
                          help="arguments; values are JSON where they parse, strings "
                               "otherwise: n=3 name=ada tags='[\"a\"]'")
         sub.add_argument("-j", "--json", action="store_true", help=f"print {printed} as JSON")
-        sub.add_argument("-t", "--timeout", type=_positive, metavar="SECONDS",
+        sub.add_argument("-t", "--timeout", type=positive_seconds, metavar="SECONDS",
                          help="give up after SECONDS (default: the API's configured timeout)")
         if verb == "call":
             sub.add_argument("-v", "--verbose", action="store_true",
@@ -451,7 +451,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     inspect.set_defaults(handler=cmd_inspect)
 
 
-def _positive(text: str) -> float:
+def positive_seconds(text: str) -> float:
     """A --timeout: a positive, finite number of seconds (`nan`, `inf` and `1e309` parse as
     floats but no timer can use them)."""
     try:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.redis.conftest import RedisServer, free_port
+from tests.redis.conftest import RedisServer, free_port, stop_process
 
 MASTER_NAME = "mymaster"
 
@@ -86,13 +86,7 @@ class SentinelProcess:
                            password=self.password, **options)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
 
 

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from bus_core.cli import CommandFailed, bus_or_bare_client
+from bus_core.cli_messages import positive_seconds
 from bus_core.client import Bus
 from bus_core.transports import ConsumerInfo, GroupInfo
 from bus_state.api import StateApi
@@ -231,13 +232,6 @@ def cmd_state(args: argparse.Namespace) -> int:
         bus.client.close()
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: use a positive number of seconds")
-    return value
-
-
 def _setup(parser: argparse.ArgumentParser) -> None:
     """The options of `bus state` (the kernel already added the common -c/-b/-l)."""
     parser.add_argument("-j", "--json", action="store_true", help="print JSON")
@@ -246,7 +240,7 @@ def _setup(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-s", "--service", metavar="NAME", help="only this service's workers")
     parser.add_argument("--check", metavar="SERVICE",
                         help="exit 0 if a process of SERVICE is alive, 1 if none is")
-    parser.add_argument("-w", "--watch", nargs="?", const=2.0, type=_positive,
+    parser.add_argument("-w", "--watch", nargs="?", const=2.0, type=positive_seconds,
                         metavar="SECONDS", help="refresh every SECONDS (default 2) until "
                                                 "Ctrl-C")
     parser.add_argument("--count", type=int, metavar="N",
@@ -258,11 +252,11 @@ def _setup(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-g", "--groups", action="store_true",
                         help="show only the listener groups: consumers, idle ones and the "
                              "entries they hold, pending and unread entries")
-    parser.add_argument("--idle-after", type=_positive, default=IDLE_AFTER,
+    parser.add_argument("--idle-after", type=positive_seconds, default=IDLE_AFTER,
                         metavar="SECONDS",
                         help=f"a consumer that has not read for this long is idle (default "
                              f"{IDLE_AFTER:g})")
-    parser.add_argument("--window", type=_positive, metavar="SECONDS",
+    parser.add_argument("--window", type=positive_seconds, metavar="SECONDS",
                         help="how far back to read (default: 3 x plugins.state.ping_interval "
                              "+ grace)")
 
