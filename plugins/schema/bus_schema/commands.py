@@ -1,4 +1,4 @@
-"""`bus schema dump|load|show`: schemas on the command line."""
+"""`bus schema dump|load|show|asyncapi`: schemas on the command line."""
 
 from __future__ import annotations
 
@@ -82,6 +82,33 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    from bus_schema.asyncapi import asyncapi_document, render, select
+
+    bus = _bus(args)
+    try:
+        store = _store(bus)
+        bus.client.run_sync(store.load_remote())
+        known = store.known()
+        config = bus.client.config
+    finally:
+        bus.client.close()
+    try:
+        schemas = select(known, args.api)
+    except KeyError as exc:
+        raise CommandFailed(f"no schema is known for API {exc.args[0]!r}; known: "
+                            f"{', '.join(sorted(known)) or 'none'} (is a worker serving it "
+                            "running, on the same schema transport?)") from None
+    text = render(asyncapi_document(schemas, config, title=args.title,
+                                    version=args.doc_version), args.format)
+    if not args.out:
+        sys.stdout.write(text)
+        return 0
+    Path(args.out).write_text(text, encoding="utf-8")
+    print(f"wrote the AsyncAPI 3.0 document of {len(schemas)} API(s) to {args.out}")
+    return 0
+
+
 def _setup(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="schema_command", metavar="ACTION", required=True)
     dump = actions.add_parser("dump", parents=[common_options()],
@@ -99,6 +126,17 @@ def _setup(parser: argparse.ArgumentParser) -> None:
                               help="print one API's schema")
     show.add_argument("api", metavar="API", help="the API name, e.g. auth")
     show.set_defaults(schema_handler=cmd_show)
+    asyncapi = actions.add_parser("asyncapi", parents=[common_options()],
+                                  help="write an AsyncAPI 3.0 document of the known APIs")
+    asyncapi.add_argument("--api", action="append", metavar="NAME",
+                          help="only this API (repeat for more; default: every known API)")
+    asyncapi.add_argument("-o", "--out", metavar="FILE", help="default: stdout")
+    asyncapi.add_argument("--format", choices=["yaml", "json"], default="yaml",
+                          help="yaml (the default) or json")
+    asyncapi.add_argument("--title", help="info.title (default: 'Bus APIs: <names>')")
+    asyncapi.add_argument("--doc-version", default="1.0.0", metavar="VERSION",
+                          help="info.version, the document's version (default: 1.0.0)")
+    asyncapi.set_defaults(schema_handler=cmd_asyncapi)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -107,4 +145,4 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register_commands(register: Any) -> None:
-    register("schema", "API schemas: dump, load, show", _setup, _run)
+    register("schema", "API schemas: dump, load, show, asyncapi", _setup, _run)
