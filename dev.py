@@ -6,9 +6,11 @@
     python3 dev.py bench    run the benchmarks in bench/
     python3 dev.py setup    only (re)install
 
-Needs nothing but Python 3.10+ and network access to PyPI. Set-up is skipped while no
-`pyproject.toml` of the workspace (nor the root's `setup.py`) has changed since the last
-install.
+Needs nothing but Python 3.10+ and network access to PyPI. With npm (Node.js) on the PATH it
+also fetches the official AsyncAPI JSON Schemas (npm `@asyncapi/specs`) into
+`.venv/asyncapi-specs`, for the AsyncAPI validation tests (skipped without them).
+Set-up is skipped while no `pyproject.toml` of the workspace (nor the root's `setup.py`) has
+changed since the last install.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def setup(force: bool = False) -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     fingerprint = _fingerprint()
     if not force and STAMP.exists() and STAMP.read_text() == fingerprint:
+        fetch_asyncapi_specs()
         return python
     print("dev.py: installing the workspace into .venv (first run takes a minute)", flush=True)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
@@ -62,7 +65,32 @@ def setup(force: bool = False) -> Path:
     quiet = {**os.environ, "PYTHONWARNINGS": "ignore", "BUS_MEMORY_REQUIREMENT": "bus-memory"}
     subprocess.run([*pip, *targets], check=True, env=quiet)
     STAMP.write_text(fingerprint)
+    fetch_asyncapi_specs()
     return python
+
+
+ASYNCAPI_SPECS = VENV / "asyncapi-specs"  # npm --prefix: node_modules/@asyncapi/specs
+
+
+def fetch_asyncapi_specs() -> None:
+    """Install the npm package `@asyncapi/specs` (the AsyncAPI project's JSON Schemas) into
+    `.venv/asyncapi-specs` once, when npm is there; tests/schema/test_asyncapi.py validates
+    against it and skips, saying why, without it. A failure is reported, not fatal."""
+    import shutil
+
+    if (ASYNCAPI_SPECS / "node_modules" / "@asyncapi" / "specs" / "package.json").is_file():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        print("dev.py: npm not found: the AsyncAPI validation tests will be skipped "
+              "(install Node.js/npm and run `python3 dev.py setup`)", flush=True)
+        return
+    print(f"dev.py: fetching @asyncapi/specs into {ASYNCAPI_SPECS} (npm)", flush=True)
+    done = subprocess.run([npm, "install", "--prefix", str(ASYNCAPI_SPECS), "--no-audit",
+                           "--no-fund", "--no-save", "--silent", "@asyncapi/specs@6"])
+    if done.returncode != 0:
+        print("dev.py: warning: npm could not install @asyncapi/specs; the AsyncAPI "
+              "validation tests will be skipped", flush=True)
 
 
 def main(argv: list[str]) -> int:
