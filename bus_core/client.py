@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import dataclasses
 import inspect
 import logging
@@ -587,6 +588,8 @@ class BusClient:
         except BusError:
             coro.close()  # never started: no "never awaited" warning
             raise
+        if self._carry_context():
+            coro = _in_context(contextvars.copy_context(), coro)
         if threading.current_thread() is thread.thread:
             # A sync call made on the background loop's own thread: blocking that loop on
             # itself would deadlock, so the call runs on a private loop in a helper thread.
@@ -599,6 +602,14 @@ class BusClient:
                 "`await ....call_async(...)` / `fire_async(...)` there", RuntimeWarning,
                 stacklevel=4)
         return thread.run(coro)
+
+    def _carry_context(self) -> bool:
+        """Whether sync calls run in their caller's context (its context variables copied
+        into the loop's task): only when a plugin watches outgoing messages (a tracer
+        must see the caller's current span), so nobody else pays for the copy."""
+        hooks = self.hooks
+        return hooks.implemented("bus_before_rpc_call") \
+            or hooks.implemented("bus_before_event_fire")
 
     async def _then_close_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         try:
@@ -870,6 +881,14 @@ class BusClient:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+async def _in_context(context: contextvars.Context, coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` with the context variables of `context` (a sync caller's, on another
+    thread) set in this task's own context."""
+    for variable, value in context.items():
+        variable.set(value)
+    return await coro
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -169,6 +169,9 @@ def bus_before_rpc_call(client: BusClient, message: RpcMessage) -> None:
     """Caller side, before an RPC call is sent. Raise ``Refused`` to refuse the call: the
     caller gets it as is and nothing is sent.
 
+    Set ``message.headers`` (a small ``dict[str, str]``, e.g. W3C ``traceparent``) to send
+    headers with the call, where Lightbus 1.x workers ignore them (docs/protocol).
+
     :param client: the calling bus client.
     :param message: the call; ``message.kwargs`` holds wire values and may be changed.
     :return: nothing; may be a coroutine.
@@ -197,7 +200,8 @@ def bus_before_rpc_execution(client: BusClient, message: RpcMessage) -> None:
     caller gets the exception back as a remote error.
 
     :param client: the serving bus client.
-    :param message: the received call (wire values in ``message.kwargs``).
+    :param message: the received call (wire values in ``message.kwargs``; the sender's
+        headers in ``message.headers``, None when it sent none).
     :return: nothing; may be a coroutine.
     """
 
@@ -246,7 +250,9 @@ def bus_on_rpc_result_received(client: BusClient, message: RpcMessage, result: A
 @hookspec
 def bus_before_event_fire(client: BusClient, message: EventMessage) -> None:
     """Before an event is sent to the event transport. Raise ``Refused`` to refuse the
-    fire: the caller gets it as is and nothing is sent.
+    fire: the caller gets it as is and nothing is sent. Set ``message.headers`` (a small
+    ``dict[str, str]``) to send headers with the event, in the one place of an event entry
+    Lightbus 1.x consumers ignore (docs/protocol).
 
     :param client: the firing bus client.
     :param message: the event (wire values in ``message.kwargs``).
@@ -270,15 +276,18 @@ def bus_after_event_fire(
 
 @hookspec
 def bus_before_event_handling(
-    client: BusClient, message: EventMessage, listener_name: str,
+    client: BusClient, message: EventMessage, listener_name: str, delivery_count: int,
 ) -> None:
     """Before a listener's handler runs for a received event. Raise ``Refused`` to refuse
     the event: it is dead-lettered at once (another exception is a handler failure, and the
     listener's error policy applies).
 
     :param client: the listening bus client.
-    :param message: the received event (wire values in ``message.kwargs``).
+    :param message: the received event (wire values in ``message.kwargs``; the sender's
+        headers in ``message.headers``, None when it sent none).
     :param listener_name: the listener about to handle it.
+    :param delivery_count: how many times the event has been delivered to this listener's
+        group, this time included (1 the first time; 0 when the transport cannot tell).
     :return: nothing; may be a coroutine.
     """
 

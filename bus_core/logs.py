@@ -51,6 +51,14 @@ def about(message: RpcMessage | EventMessage, **more: Any) -> contextvars.Token[
     return current_message.set(message_fields(message, **more))
 
 
+def annotate(**fields: Any) -> None:
+    """Add `fields` (a plugin's trace_id and span_id, say) to the current message's log
+    context, for as long as that message is current; nothing when no message is in hand."""
+    current = current_message.get()
+    if current is not None:
+        current.update(fields)
+
+
 async def detached(awaitable: Awaitable[T]) -> T:
     """Run `awaitable` about no message: wrap the body of a long-lived task that may be
     started while one message is in hand (a reply reader, an acknowledgement flusher), so

@@ -15,6 +15,12 @@ from typing import Any
 from bus_core.errors import MalformedMessage
 
 RPC_METADATA_KEYS = ("id", "api_name", "procedure_name", "return_path")
+# Message headers (W3C trace context, ...): a top-level "headers" object of a call blob and
+# the empty-named field of a Redis event entry, places Lightbus 1.x peers ignore (see
+# docs/protocol). Bounded as names and ids are: they come off the wire.
+HEADERS_KEY = "headers"
+MAX_HEADERS = 16
+MAX_HEADER_LENGTH = 1024
 EVENT_METADATA_KEYS = ("id", "api_name", "event_name", "version")
 
 # Names and ids read off the wire are bounded: they reach Redis key names, logs and metrics.
@@ -48,6 +54,8 @@ class RpcMessage:
     # tell if that worker dies); the result transport then ends the record with the result.
     # Never on the wire.
     claim_recorded: bool = False
+    # Set by a plugin (in bus_before_rpc_call) to send with the call; read on receipt.
+    headers: dict[str, str] | None = None
 
     @property
     def canonical_name(self) -> str:
@@ -80,6 +88,8 @@ class EventMessage:
     version: int = 1
     native_id: str | None = None
     time: datetime | None = None
+    # Set by a plugin (in bus_before_event_fire) to send with the event; read on receipt.
+    headers: dict[str, str] | None = None
 
     @property
     def canonical_name(self) -> str:
@@ -168,6 +178,20 @@ def result_key_problem(key: str, message_id: str | None = None) -> str | None:
     return None
 
 
+def valid_headers(value: Any) -> dict[str, str] | None:
+    """`value` read off the wire as message headers, or None when it is not a small mapping
+    of printable strings to printable strings (headers are advisory: bad ones are dropped,
+    never a reason to refuse a message)."""
+    if not isinstance(value, dict) or not value or len(value) > MAX_HEADERS:
+        return None
+    for key, item in value.items():
+        if not (isinstance(key, str) and isinstance(item, str)
+                and 0 < len(key) <= MAX_NAME_LENGTH and len(item) <= MAX_HEADER_LENGTH
+                and key.isprintable() and item.isprintable()):
+            return None
+    return value
+
+
 def _require_str(metadata: dict[str, Any], key: str, kind: str) -> str:
     value = metadata.get(key)
     if not isinstance(value, str) or not value:
@@ -188,7 +212,7 @@ def _split_blob(blob: Any, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def rpc_to_blob(message: RpcMessage) -> dict[str, Any]:
-    return {
+    blob = {
         "metadata": {
             "id": message.id,
             "api_name": message.api_name,
@@ -197,6 +221,9 @@ def rpc_to_blob(message: RpcMessage) -> dict[str, Any]:
         },
         "kwargs": message.kwargs,
     }
+    if message.headers:  # beside metadata: a Lightbus worker refuses unknown metadata keys
+        blob[HEADERS_KEY] = message.headers
+    return blob
 
 
 def rpc_from_blob(blob: Any) -> RpcMessage:
@@ -210,6 +237,8 @@ def rpc_from_blob(blob: Any) -> RpcMessage:
         return_path=_require_str(metadata, "return_path", "RPC"),
         kwargs=kwargs,
     )
+    if HEADERS_KEY in blob:
+        message.headers = valid_headers(blob[HEADERS_KEY])
     problem = names_problem(message.id, message.api_name, "procedure_name",
                             message.procedure_name)
     if problem is not None:
@@ -245,7 +274,7 @@ def result_from_blob(blob: Any) -> ResultMessage:
 
 
 def event_to_blob(message: EventMessage) -> dict[str, Any]:
-    return {
+    blob = {
         "metadata": {
             "id": message.id,
             "api_name": message.api_name,
@@ -254,6 +283,9 @@ def event_to_blob(message: EventMessage) -> dict[str, Any]:
         },
         "kwargs": message.kwargs,
     }
+    if message.headers:
+        blob[HEADERS_KEY] = message.headers
+    return blob
 
 
 def event_from_blob(blob: Any) -> EventMessage:
@@ -273,6 +305,8 @@ def event_from_blob(blob: Any) -> EventMessage:
         version=version,
         kwargs=kwargs,
     )
+    if HEADERS_KEY in blob:
+        message.headers = valid_headers(blob[HEADERS_KEY])
     problem = names_problem(message.id, message.api_name, "event_name", message.event_name)
     if problem is not None:
         raise MalformedMessage(f"Event message: {problem}")

@@ -630,9 +630,9 @@ class HookFacade:
                              error=error, duration=duration)
 
     def before_event_handling(self, client: BusClient, message: EventMessage,
-                              listener_name: str) -> Awaitable[None]:
+                              listener_name: str, delivery_count: int = 0) -> Awaitable[None]:
         return self._call("bus_before_event_handling", client=client, message=message,
-                          listener_name=listener_name)
+                          listener_name=listener_name, delivery_count=delivery_count)
 
     def after_event_handling(self, client: BusClient, message: EventMessage, listener_name: str,
                              error: BaseException | None, duration: float) -> Awaitable[None]:

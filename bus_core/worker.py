@@ -569,7 +569,8 @@ class Worker:
                                                  message.event_name)
             if declared is not None and not declared.issuperset(message.kwargs):
                 await self._undeclared(listener, message, declared)
-            await client.hooks.before_event_handling(client, message, listener.name)
+            await client.hooks.before_event_handling(client, message, listener.name,
+                                                     delivery.delivery_count)
             kwargs = self._handler_kwargs(listener, message)
             await client.call_user_code(listener.handler, listener.is_async, message, **kwargs)
         except Exception as exc:

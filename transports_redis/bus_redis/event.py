@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -24,11 +25,15 @@ from redis.exceptions import RedisError, ResponseError
 from bus_core.errors import ConfigError, MessageTooLarge, TransportError
 from bus_core.logs import Throttle
 from bus_core.messages import (
+    MAX_HEADER_LENGTH,
+    MAX_HEADERS,
+    MAX_NAME_LENGTH,
     EventMessage,
     describe,
     names_problem,
     preview,
     valid_api_name,
+    valid_headers,
     valid_member_name,
 )
 from bus_core.transports import (
@@ -43,6 +48,10 @@ from bus_redis.connection import BlockingClient, redact, redis_call
 
 logger = logging.getLogger("bus.redis.event")
 METADATA_FIELDS = ("id", "api_name", "event_name", "version")
+# The entry field holding message headers (a JSON object, e.g. W3C trace context): the empty
+# name, the one field a Lightbus 1.x consumer skips (any other bare field makes it raise,
+# every ":" field becomes a handler argument). Written only when a plugin set headers.
+HEADERS_FIELD = ""
 CHECK_EVENT = "any_event"  # with stream_use per_event, the event whose stream is probed
 SETTLE_POLL = 0.05  # seconds a read blocks at most while handed-out events are unsettled
 
@@ -109,6 +118,17 @@ def _text(value: bytes | str) -> str:
 def _strict_text(value: bytes | str) -> str:
     """A metadata value as text; UnicodeDecodeError (a malformed entry) if it is not UTF-8."""
     return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _headers(raw: bytes | str) -> dict[str, str] | None:
+    """The headers field's JSON object, or None when it is not one Bus can use (headers are
+    advisory: bad ones are dropped, the event is still delivered)."""
+    if len(raw) > MAX_HEADERS * (MAX_NAME_LENGTH + MAX_HEADER_LENGTH):
+        return None
+    try:
+        return valid_headers(json.loads(raw))
+    except ValueError:
+        return None
 
 
 def stream_id_from_datetime(moment: datetime) -> str:
@@ -214,6 +234,8 @@ class RedisEventTransport(RedisTransport, EventTransport):
         for name, value in message.kwargs.items():
             fields[f":{name}"] = data = self.serializer.dumps(value)
             size += len(data)
+        if message.headers:
+            fields[HEADERS_FIELD] = json.dumps(message.headers, separators=(",", ":"))
         limit = getattr(self.serializer, "max_size", None)
         if limit is not None and size > limit:  # each field is bounded; so is their sum
             raise MessageTooLarge(f"event {message.canonical_name}'s parameters are {size} "
@@ -248,6 +270,7 @@ class RedisEventTransport(RedisTransport, EventTransport):
                                  problem=f"entry's parameters are {size} bytes in all, above "
                                          f"bus.max_message_size ({limit})")
         loads = self.serializer.loads
+        headers = None
         for raw_name, raw_value in fields.items():
             name = _text(raw_name)
             if name.startswith(":"):
@@ -258,6 +281,8 @@ class RedisEventTransport(RedisTransport, EventTransport):
                     break
             elif name in METADATA_FIELDS:  # other bare fields are ignored
                 metadata[name] = _strict_text(raw_value)
+            elif name == HEADERS_FIELD and raw_value:
+                headers = _headers(raw_value)
         missing = [key for key in METADATA_FIELDS if not metadata.get(key)]
         if missing and problem is None:
             problem = f"missing metadata field(s) {', '.join(missing)}"
@@ -275,7 +300,8 @@ class RedisEventTransport(RedisTransport, EventTransport):
                                  stream=stream, problem=problem, raw=fields)
         message = EventMessage(api_name=metadata["api_name"], event_name=metadata["event_name"],
                                kwargs=kwargs, id=metadata["id"], version=version,
-                               native_id=entry_id, time=datetime_from_stream_id(entry_id))
+                               native_id=entry_id, time=datetime_from_stream_id(entry_id),
+                               headers=headers)
         return EventDelivery(message=message, delivery_count=delivery_count, native_id=entry_id,
                              stream=stream, raw=fields)
 
