@@ -13,6 +13,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.redis.conftest import (  # noqa: F401  (fixtures, used by name)
+    make_redis_bus,
+    raw,
     redis_server,
     redis_url,
 )
