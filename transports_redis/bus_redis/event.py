@@ -126,8 +126,8 @@ def _headers(raw: bytes | str) -> dict[str, str] | None:
     if len(raw) > MAX_HEADERS * (MAX_NAME_LENGTH + MAX_HEADER_LENGTH):
         return None
     try:
-        return valid_headers(json.loads(raw))
-    except ValueError:
+        return valid_headers(json.loads(_strict_text(raw)))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
 
 

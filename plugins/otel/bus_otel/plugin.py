@@ -222,8 +222,7 @@ def _event_attributes(client: BusClient, message: EventMessage, operation: str
     return f"{operation} {stream}", {
         "messaging.system": system, "messaging.operation.type": operation,
         "messaging.operation.name": operation, "messaging.destination.name": stream,
-        "messaging.message.id": message.id, "bus.api": message.api_name,
-        "bus.event": message.event_name}
+        "messaging.message.id": message.id}
 
 
 @hookimpl
