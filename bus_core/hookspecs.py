@@ -20,7 +20,7 @@ logged and swallowed, because the message has already been handled.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from bus_core.api import ApiDefinition
     from bus_core.client import BusClient
     from bus_core.messages import EventMessage, RpcMessage
+    from bus_core.transports import EventDelivery
     from bus_core.worker import Worker
 
 hookspec = pluggy.HookspecMarker("bus")
@@ -271,6 +272,29 @@ def bus_after_event_fire(
     :param error: the exception if sending failed, else None.
     :param duration: seconds the send took.
     :return: nothing; may be a coroutine. Exceptions are logged, not raised.
+    """
+
+
+@hookspec
+def bus_after_events_received(
+    client: BusClient, listener_name: str, deliveries: Sequence[EventDelivery],
+) -> None:
+    """Worker side, once per batch: a listener's consumer returned deliveries, and the worker
+    is about to hand each one to its own task (``bus_before_event_handling`` and the handler
+    run there, after this hook returns).
+
+    Called for non-empty batches only, per batch rather than per event; the handler tasks
+    start in a copy of the context this hook leaves behind (a context variable it sets is
+    seen by the batch's handling).
+
+    :param client: the listening bus client.
+    :param listener_name: the listener whose consumer received the batch.
+    :param deliveries: the batch, in order, as the transport returned it: each
+        ``EventDelivery`` has ``message`` (None for an entry that cannot be decoded, with
+        ``problem``), ``delivery_count``, ``native_id`` and ``stream``. It may hold events of
+        a shared stream that the listener does not want. Do not change it.
+    :return: nothing; may be a coroutine (awaited before the batch is dispatched: keep it
+        short). Exceptions are logged, not raised.
     """
 
 

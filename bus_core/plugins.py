@@ -18,7 +18,7 @@ import re
 import time
 import traceback
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from bus_core.api import ApiDefinition
     from bus_core.client import BusClient
     from bus_core.messages import EventMessage, RpcMessage
+    from bus_core.transports import EventDelivery
     from bus_core.worker import Worker
 
 ENTRY_POINT_GROUP = "bus"
@@ -628,6 +629,11 @@ class HookFacade:
                          error: BaseException | None, duration: float) -> Awaitable[None]:
         return self._observe("bus_after_event_fire", client=client, message=message,
                              error=error, duration=duration)
+
+    def after_events_received(self, client: BusClient, listener_name: str,
+                              deliveries: Sequence[EventDelivery]) -> Awaitable[None]:
+        return self._observe("bus_after_events_received", client=client,
+                             listener_name=listener_name, deliveries=deliveries)
 
     def before_event_handling(self, client: BusClient, message: EventMessage,
                               listener_name: str, delivery_count: int = 0) -> Awaitable[None]:

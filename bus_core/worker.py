@@ -401,16 +401,20 @@ class Worker:
     # -- RPCs ------------------------------------------------------------------------------
 
     async def _consume(self, loop: _Loop, consumer: RpcConsumer | EventConsumer, limit: int,
-                       handle: Callable[[Any], Awaitable[None]]) -> None:
+                       handle: Callable[[Any], Awaitable[None]],
+                       received: Callable[[Any], Awaitable[None]] | None = None) -> None:
         """Receive what there is room for, hand each item to `handle` as a task; a received
         batch is always dispatched whole (popped calls are ours alone; events not yet
-        settled would only wait for their redelivery)."""
+        settled would only wait for their redelivery). `received(batch)` runs first, for
+        each non-empty batch; the tasks start in the context it leaves."""
         slots = _Slots(limit)
         while not self.stopping:
             free = await loop.wait_for(slots.wait())
             batch = await self._receive(loop, lambda n=free: consumer.receive(n))
             if batch is None:
                 return
+            if batch and received is not None:
+                await received(batch)
             for item in batch:
                 slots.take()
                 self._track(handle(item), slots.release)
@@ -494,9 +498,13 @@ class Worker:
         first_api = self.client.config.api(listener.listen_for[0][0])
         ordered = first_api.ordered if listener.ordered is None else listener.ordered
         limit = 1 if ordered else (listener.max_concurrency or first_api.max_concurrent_events)
+        client, hooks = self.client, self.client.hooks
         return self._consume(loop, consumer, limit,
                              lambda delivery: self._handle_event(listener, consumer, acker,
-                                                                 delivery))
+                                                                 delivery),
+                             # a dict lookup per batch when no plugin implements the hook
+                             lambda batch: hooks.after_events_received(client, listener.name,
+                                                                       batch))
 
     def _declared_parameters(self, listener: Listener, api_name: str, event_name: str
                              ) -> frozenset[str] | None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bus_core import Bus, EventMessage, RemoteError, hookimpl, hookspecs
+from bus_core.transports import EventDelivery
 from tests.apis import AuthApi
 from tests.helpers import event_transport, serving
 
@@ -73,5 +74,12 @@ async def test_every_hook_spec_is_called_with_its_arguments(
         for call in calls[name]:
             assert set(call) == expected, (name, sorted(call))
     assert calls["bus_on_undeclared_parameters"][0]["parameter_names"] == ["plan"]
+    # the listener's batches: the newer event, the fired one, the redelivery of the failure
+    received = [delivery for call in calls["bus_after_events_received"]
+                for delivery in call["deliveries"]]
+    assert {call["listener_name"] for call in calls["bus_after_events_received"]} == \
+        {"welcome"}
+    assert all(isinstance(d, EventDelivery) for d in received) and len(received) >= 3
+    assert {d.message.kwargs["username"] for d in received if d.message} == {"a", "b"}
     assert {c["action"] for c in calls["bus_on_handler_error"]} >= {"reply_error",
                                                                     "redeliver"}

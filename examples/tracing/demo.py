@@ -6,7 +6,8 @@ span, printed to the console. Runs on the in-memory transports; no server needed
 
 One trace: the "signup" span (the application's own) -> the publish span of
 auth.user_registered -> its process span in the listener -> the nested auth.check_password
-call -> that call's execution.
+call -> that call's execution. Beside it, the listener's "receive" span for the batch the
+event came in (a trace of its own), which the process span links to.
 """
 
 from __future__ import annotations

@@ -108,6 +108,41 @@ async def test_fire_and_handling_with_nested_rpc(make_bus: Callable[..., Bus],
         "messaging.message.id"]
 
 
+async def test_received_batch_is_a_receive_span_the_process_spans_link_to(
+        make_bus: Callable[..., Bus], spans: InMemorySpanExporter) -> None:
+    bus = traced(make_bus)
+    handled: list[str] = []
+
+    async def welcome(event: EventMessage, username: str, email: str) -> None:
+        handled.append(username)
+
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("request"):  # fired before the worker runs: one batch
+        for name in ("a", "b", "c"):
+            await bus.auth.user_registered.fire_async(username=name, email="e")
+    bus.auth.user_registered.listen(welcome, listener_name="welcome", since="0")
+    async with serving(bus):
+        await eventually(lambda: len(handled) == 3)
+    await eventually(lambda: len(by_name(spans, "process auth.user_registered")) == 3)
+    (receive,) = by_name(spans, "receive auth.user_registered")
+    assert receive.kind == SpanKind.CONSUMER and receive.parent is None
+    assert receive.attributes["messaging.operation.type"] == "receive"
+    assert receive.attributes["messaging.batch.message_count"] == 3
+    assert receive.attributes["messaging.destination.name"] == "auth.user_registered"
+    assert receive.attributes["messaging.consumer.group.name"] == "svc-welcome"
+    publishes = {s.attributes["messaging.message.id"]: s
+                 for s in by_name(spans, "publish auth.user_registered")}
+    # the receive span links to each message's sender
+    assert sorted(link.context.span_id for link in receive.links) == sorted(
+        s.context.span_id for s in publishes.values())
+    for process in by_name(spans, "process auth.user_registered"):
+        publish = publishes[process.attributes["messaging.message.id"]]
+        assert process.parent.span_id == publish.context.span_id  # still the sender's child
+        assert process.context.trace_id == publish.context.trace_id
+        assert [link.context.span_id for link in process.links] == [receive.context.span_id]
+        assert process.links[0].context.trace_id == receive.context.trace_id
+
+
 async def test_sync_handler_nested_sync_call_keeps_the_trace(
         make_bus: Callable[..., Bus], spans: InMemorySpanExporter) -> None:
     bus = traced(make_bus)
@@ -153,6 +188,10 @@ async def test_failing_handler_redelivery_and_dead_letter(
     assert "bus.redelivered" in [e.name for e in second.events]
     assert "bus.dead_letter" in [e.name for e in second.events]
     assert second.attributes["bus.action"] == "dead_letter"
+    # each delivery came in a batch of its own, and links to that batch's receive span
+    receives = {s.context.span_id for s in by_name(spans, "receive auth.user_registered")}
+    linked = [link.context.span_id for span in (first, second) for link in span.links]
+    assert len(set(linked)) == 2 and set(linked) <= receives
 
 
 async def test_untraced_message_starts_a_fresh_trace(make_bus: Callable[..., Bus],
@@ -172,6 +211,9 @@ async def test_untraced_message_starts_a_fresh_trace(make_bus: Callable[..., Bus
     await eventually(lambda: by_name(spans, "process auth.user_registered"))
     (process,) = by_name(spans, "process auth.user_registered")
     assert process.parent is None
+    (receive,) = by_name(spans, "receive auth.user_registered")
+    assert not receive.links  # no sender to link to
+    assert [link.context.span_id for link in process.links] == [receive.context.span_id]
 
 
 async def test_propagate_false_keeps_spans_local(make_bus: Callable[..., Bus], broker_name: str,

@@ -8,13 +8,17 @@ execution, with W3C trace context carried in the messages.
 
 Only `opentelemetry-api` is used: configure an SDK (tracer provider, exporter) as usual, or
 nothing is recorded. Spans follow the OpenTelemetry semantic conventions for messaging
-(`publish` / `process`, destination = the stream or queue) and RPC (`rpc.system`,
-`rpc.service` = the API, `rpc.method` = the procedure).
+(`publish` / `receive` / `process`, destination = the stream or queue) and RPC
+(`rpc.system`, `rpc.service` = the API, `rpc.method` = the procedure).
 
 A span starts in a "before" hook and ends in the matching "after" hook (or, after a failure,
 in `bus_on_handler_error`, so a redelivery or a dead letter is an event of it). Between the
 two it is the current span of the task handling the message, so the handler's own spans, its
 nested calls and fires, and its log lines (`trace_id`, `span_id`) belong to it.
+
+A listener's batch gets a `receive` span when its consumer returns it
+(`bus_after_events_received`): it links to each message's sender, and each message's
+`process` span links to it, while keeping the sender's span as its parent.
 """
 
 from __future__ import annotations
@@ -31,8 +35,11 @@ from bus_core import EventMessage, RemoteError, hookimpl
 from bus_core.logs import annotate
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from bus_core.client import BusClient
     from bus_core.messages import RpcMessage
+    from bus_core.transports import EventDelivery
 
 PLUGIN_NAME = "otel"
 TRACER_NAME = "bus_otel"
@@ -54,8 +61,25 @@ class _Active:
         self.token: contextvars.Token[_Active | None] | None = None
 
 
+class _Batch:
+    """A listener's received batch: the link to its receive span, and each message's sender
+    context (extracted once, for the receive span's links and the process span's parent)."""
+
+    __slots__ = ("link", "parents")
+
+    def __init__(self, link: trace.Link,
+                 parents: dict[int, tuple[EventMessage, otel_context.Context | None]]) -> None:
+        self.link = link
+        self.parents = parents
+
+
 _active: contextvars.ContextVar[_Active | None] = contextvars.ContextVar(
     "bus_otel_active", default=None)
+# Set in the listener loop's task by bus_after_events_received; the handler tasks of the batch
+# start in a copy of that context, so each finds its batch here (no registry to clean up).
+_batch: contextvars.ContextVar[_Batch | None] = contextvars.ContextVar(
+    "bus_otel_batch", default=None)
+_NO_PARENT = otel_context.Context()  # receive spans start traces of their own
 _propagate: dict[int, bool] = {}
 _destinations: dict[tuple[int, str, str, str], tuple[str, str]] = {}
 
@@ -108,10 +132,10 @@ def destination_of(client: BusClient, kind: str, api_name: str, name: str) -> tu
 
 def _start(client: BusClient, message: object, name: str, kind: SpanKind,
            attributes: dict[str, Any], parent: otel_context.Context | None = None,
-           start_time: int | None = None) -> _Active:
+           start_time: int | None = None, links: list[trace.Link] | None = None) -> _Active:
     """Start a span for `message` and make it current in this task (and in its logs)."""
     span = _tracer.start_span(name, context=parent, kind=kind, attributes=attributes,
-                              start_time=start_time)
+                              links=links, start_time=start_time)
     active = _Active(message, span, otel_context.attach(trace.set_span_in_context(span)))
     active.token = _active.set(active)
     span_context = span.get_span_context()
@@ -245,6 +269,48 @@ def bus_after_event_fire(client: BusClient, message: EventMessage,
     active.span.end()
 
 
+@hookimpl
+def bus_after_events_received(client: BusClient, listener_name: str,
+                              deliveries: Sequence[EventDelivery]) -> None:
+    parents: dict[int, tuple[EventMessage, otel_context.Context | None]] = {}
+    links: list[trace.Link] = []
+    destinations: set[str] = set()
+    system = None
+    for delivery in deliveries:
+        message = delivery.message
+        if message is None:  # undecodable: counted, named by the transport's stream
+            destinations.add(delivery.stream)
+            continue
+        system, destination = destination_of(client, "event", message.api_name,
+                                             message.event_name)
+        destinations.add(destination)
+        parent = _remote_parent(client, message.headers)
+        parents[id(message)] = (message, parent)
+        if parent is not None:
+            sender = trace.get_current_span(parent).get_span_context()
+            if sender.is_valid:
+                links.append(trace.Link(sender))
+    if system is None:  # only undecodable entries: the listener's transport
+        listener = client.listeners.get(listener_name)
+        system = destination_of(client, "event", *listener.listen_for[0])[0] \
+            if listener is not None else "unknown"
+    attributes: dict[str, Any] = {
+        "messaging.system": system, "messaging.operation.type": "receive",
+        "messaging.operation.name": "receive",
+        "messaging.batch.message_count": len(deliveries),
+        "messaging.consumer.group.name": f"{client.service_name}-{listener_name}",
+        "bus.listener": listener_name}
+    name = "receive"
+    if len(destinations) == 1:  # a batch from several streams names none
+        (destination,) = destinations
+        name = f"receive {destination}"
+        attributes["messaging.destination.name"] = destination
+    span = _tracer.start_span(name, context=_NO_PARENT, kind=SpanKind.CONSUMER,
+                              attributes=attributes, links=links)
+    span.end()  # the moment the batch came back, not the wait for it
+    _batch.set(_Batch(trace.Link(span.get_span_context()), parents))
+
+
 def _process_span(client: BusClient, message: EventMessage, listener_name: str,
                   delivery_count: int, start_time: int | None = None) -> _Active:
     name, attributes = _event_attributes(client, message, "process")
@@ -252,8 +318,14 @@ def _process_span(client: BusClient, message: EventMessage, listener_name: str,
     attributes["bus.listener"] = listener_name
     if delivery_count:
         attributes["bus.delivery_count"] = delivery_count
-    active = _start(client, message, name, SpanKind.CONSUMER, attributes,
-                    _remote_parent(client, message.headers), start_time)
+    batch = _batch.get()
+    found = batch.parents.get(id(message)) if batch is not None else None
+    if batch is not None and found is not None and found[0] is message:
+        parent, links = found[1], [batch.link]
+    else:  # not dispatched from a received batch (a plugin handing events on its own)
+        parent, links = _remote_parent(client, message.headers), None
+    active = _start(client, message, name, SpanKind.CONSUMER, attributes, parent, start_time,
+                    links)
     if delivery_count > 1:
         active.span.add_event("bus.redelivered", {"bus.delivery_count": delivery_count})
     return active
