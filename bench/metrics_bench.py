@@ -145,11 +145,8 @@ async def facade(bus: Bus, counter: Counter, n: int) -> None:
         await hooks.after_event_handling(client, message, "bench_counter", None, 1e-5)
 
 
-async def alternating(sizes: Sizes) -> list[Row]:
-    """Every row: the bus without the plugin (K), with it, and with two no-op observer hooks
-    instead, measured in rotating rounds on one loop."""
-    buses = [make_bus(metrics=False), make_bus(metrics=True),
-             make_bus(metrics=False, plugins=(NoOpObservers(),))]
+async def start_counting(buses: list[Bus]) -> tuple[list[Counter], list[Any]]:
+    """A started worker per bus, each with a Counter listening to bench.tick."""
     counters, workers = [], []
     for bus in buses:
         counter = Counter()
@@ -158,6 +155,15 @@ async def alternating(sizes: Sizes) -> list[Row]:
         await worker.start()
         counters.append(counter)
         workers.append(worker)
+    return counters, workers
+
+
+async def alternating(sizes: Sizes) -> list[Row]:
+    """Every row: the bus without the plugin (K), with it, and with two no-op observer hooks
+    instead, measured in rotating rounds on one loop."""
+    buses = [make_bus(metrics=False), make_bus(metrics=True),
+             make_bus(metrics=False, plugins=(NoOpObservers(),))]
+    counters, workers = await start_counting(buses)
     plan: list[tuple[str, Workload, int, list[int]]] = [
         ("events end to end, fire_async -> listener", events, sizes.events, [1, 2]),
         ("RPC, sequential await call_async", rpcs, sizes.rpc, [1]),

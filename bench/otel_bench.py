@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from metrics_bench import BenchApi, Counter, Sizes, Workload, events, rpcs
+from metrics_bench import BenchApi, Sizes, Workload, events, rpcs, start_counting
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
@@ -99,14 +99,7 @@ def redis_server() -> Iterator[str]:
 async def alternating(sizes: Sizes, redis_url: str | None) -> list[Row]:
     buses = [make_bus(traced=False, redis_url=redis_url),
              make_bus(traced=True, redis_url=redis_url)]
-    counters, workers = [], []
-    for bus in buses:
-        counter = Counter()
-        bus.bench.tick.listen(counter, listener_name="bench_counter")
-        worker = bus.client.worker()
-        await worker.start()
-        counters.append(counter)
-        workers.append(worker)
+    counters, workers = await start_counting(buses)
     plan: list[tuple[str, Workload, int]] = [
         ("events end to end, fire_async -> listener", events, sizes.events),
         ("RPC, sequential await call_async", rpcs, sizes.rpc),
