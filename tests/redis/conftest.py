@@ -167,3 +167,32 @@ def make_redis_bus(redis_url: str) -> Iterator[Callable[..., Bus]]:
     yield make
     for bus in made:
         bus.client.close()
+
+
+def assert_round_trip(url: str) -> None:
+    """A worker and a caller on `url`: an RPC is answered and a fired event reaches the
+    worker's listener (which leaves `auth.*:stream` behind, to see where Bus wrote)."""
+    import threading
+
+    from tests.apis import AuthApi
+
+    server = bus_core.create(redis_config(url), service_name="round_trip_server")
+    caller = bus_core.create(redis_config(url), service_name="round_trip_caller")
+    heard: list[dict[str, Any]] = []
+    got = threading.Event()
+
+    def welcome(event: Any, **kwargs: Any) -> None:
+        heard.append(kwargs)
+        got.set()
+
+    try:
+        server.client.register_api(AuthApi())
+        server.auth.user_registered.listen(welcome, listener_name="welcome")
+        server.client.start_worker()
+        assert caller.auth.check_password(username="admin", password="secret") is True
+        server.auth.user_registered.fire(username="ada", email="a@b")
+        assert got.wait(10), f"the event never came back over {url.split('://')[0]}://"
+        assert heard == [{"username": "ada", "email": "a@b"}]
+    finally:
+        caller.client.close()
+        server.client.close()

@@ -12,7 +12,7 @@ import pytest
 import bus_core
 from bus_core import TransportError
 from tests.apis import AuthApi
-from tests.redis.conftest import RedisServer, free_port, redis_config
+from tests.redis.conftest import RedisServer, assert_round_trip, free_port, redis_config
 
 
 def _certificate(folder: Path) -> tuple[Path, Path]:
@@ -27,25 +27,12 @@ def _certificate(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def _round_trip(url: str) -> bool:
-    server = bus_core.create(redis_config(url), service_name="secure")
-    caller = bus_core.create(redis_config(url), service_name="caller")
-    try:
-        server.client.register_api(AuthApi())
-        server.client.start_worker()
-        server.auth.user_registered.fire(username="a", email="b")  # leaves a stream behind
-        return bool(caller.auth.check_password(username="admin", password="secret"))
-    finally:
-        caller.client.close()
-        server.client.close()
-
-
 def test_tls_with_rediss_urls(tmp_path):
     server = RedisServer(free_port(), tmp_path, tls=_certificate(tmp_path))
     server.start()
     try:
         cert = server.tls[0]  # type: ignore[index]
-        assert _round_trip(f"{server.url}?ssl_ca_certs={cert}") is True
+        assert_round_trip(f"{server.url}?ssl_ca_certs={cert}")
     finally:
         server.stop()
 
@@ -58,7 +45,7 @@ def test_acl_user_with_password_and_database_number(tmp_path, caplog):
             admin.execute_command("ACL", "SETUSER", "orders", "on", ">pa55word", "~*", "&*",
                                   "+@all")
         good = f"redis://orders:pa55word@127.0.0.1:{server.port}/3"
-        assert _round_trip(good) is True
+        assert_round_trip(good)
         with server.client(db=3) as admin:
             assert admin.dbsize() > 0  # the bus used database 3
         bad = f"redis://orders:wrong-s3cret@127.0.0.1:{server.port}/3"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from bus_core import BusError, EventMessage, TransportError
 from bus_core.redaction import redact_url
 from tests.apis import AuthApi
 from tests.helpers import serving
-from tests.redis.conftest import redis_config
+from tests.redis.conftest import assert_round_trip, redis_config
 from tests.redis.topology import SentinelSet
 
 DATA_SECRET = "data-s3cret"
@@ -38,26 +37,7 @@ def guarded_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSe
 
 def test_rpcs_and_events_through_sentinel(guarded_set: SentinelSet) -> None:
     url = guarded_set.url(db=2)
-    server = bus_core.create(redis_config(url), service_name="sentinel_server")
-    caller = bus_core.create(redis_config(url), service_name="sentinel_caller")
-    heard: list[tuple[str, str]] = []
-    got = threading.Event()
-
-    def welcome(event: EventMessage, username: str, email: str) -> None:
-        heard.append((username, email))
-        got.set()
-
-    try:
-        server.client.register_api(AuthApi())
-        server.auth.user_registered.listen(welcome, listener_name="welcome")
-        server.client.start_worker()
-        assert caller.auth.check_password(username="admin", password="secret") is True
-        server.auth.user_registered.fire(username="ada", email="a@b")
-        assert got.wait(10)
-        assert heard == [("ada", "a@b")]
-    finally:
-        caller.client.close()
-        server.client.close()
+    assert_round_trip(url)
     assert guarded_set.master is not None
     with guarded_set.data_client(guarded_set.master, db=2) as raw:
         assert raw.exists("auth.*:stream")  # on the master, in the URL's database

@@ -8,10 +8,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -21,8 +19,7 @@ import bus_core
 from bus_core import ConfigError
 from bus_core.config import load_config
 from bus_core.plugins import PluginManager
-from tests.apis import AuthApi
-from tests.redis.conftest import RedisServer, redis_config
+from tests.redis.conftest import RedisServer, assert_round_trip, redis_config
 
 SECRET = "s3cret-pa55"
 URL_PATH = "apis.default.event_transport.redis.url"
@@ -163,26 +160,7 @@ def unix_socket_server() -> Iterator[Path]:
 
 def test_events_and_rpcs_over_a_unix_socket(unix_socket_server):
     url = f"unix://{unix_socket_server}?db=2"
-    server = bus_core.create(redis_config(url), service_name="socket_server")
-    caller = bus_core.create(redis_config(url), service_name="socket_caller")
-    heard: list[dict[str, Any]] = []
-    got = threading.Event()
-
-    def on_registered(event: Any, **kwargs: Any) -> None:
-        heard.append(kwargs)
-        got.set()
-
-    try:
-        server.client.register_api(AuthApi())
-        server.auth.user_registered.listen(on_registered, listener_name="welcome")
-        server.client.start_worker()
-        assert caller.auth.check_password(username="admin", password="secret") is True
-        server.auth.user_registered.fire(username="ada", email="a@b")
-        assert got.wait(10), "the event never arrived over the socket"
-        assert heard == [{"username": "ada", "email": "a@b"}]
-    finally:
-        caller.client.close()
-        server.client.close()
+    assert_round_trip(url)
     with redis.Redis(unix_socket_path=str(unix_socket_server), db=2) as raw:
         assert raw.exists("auth.*:stream")  # it used database 2, as the URL says
     assert os.path.exists(unix_socket_server)
