@@ -146,8 +146,8 @@ class Worker:
         self.strict_parameters = bool(client.config.bus["strict_parameters"])
         self._result_failures = Throttle(logger)
         self._malformed_calls = Throttle(logger)
-        # (listener, api, event) -> the parameter names the event is known to have
-        self._declared: dict[tuple[str, str, str], frozenset[str] | None] = {}
+        # (api, event) -> the parameter names the event declares
+        self._declared: dict[tuple[str, str], frozenset[str] | None] = {}
         self._undeclared_seen: set[tuple[str, str, str]] = set()
 
     @property
@@ -506,20 +506,19 @@ class Worker:
                              lambda batch: hooks.after_events_received(client, listener.name,
                                                                        batch))
 
-    def _declared_parameters(self, listener: Listener, api_name: str, event_name: str
-                             ) -> frozenset[str] | None:
-        """The parameters the event is known to have: its API's definition (registered or
-        described), else what the handler takes; None when neither says."""
-        key = (listener.name, api_name, event_name)
+    def _declared_parameters(self, api_name: str, event_name: str) -> frozenset[str] | None:
+        """The parameters the event declares, from its API's definition (registered or
+        described by a shared schema); None when this process does not know the event (then
+        nothing can be called undeclared: a handler that takes fewer parameters than the
+        sender sends is not the sender's fault)."""
+        key = (api_name, event_name)
         if key in self._declared:
             return self._declared[key]
         definition = self.client.known_definition(api_name)
         event = definition.events.get(event_name) if definition is not None else None
-        if event is not None:
-            names: frozenset[str] | None = frozenset(p.name for p in event.parameters)
-        else:
-            names = None if listener.accepts_extra else listener.parameter_names
-        self._declared[key] = names
+        names = None if event is None else frozenset(p.name for p in event.parameters)
+        if definition is not None:  # an API not known yet may be described later: ask again
+            self._declared[key] = names
         return names
 
     async def _undeclared(self, listener: Listener, message: EventMessage,
@@ -573,8 +572,7 @@ class Worker:
         started = now()
         error: BaseException | None = None
         try:
-            declared = self._declared_parameters(listener, message.api_name,
-                                                 message.event_name)
+            declared = self._declared_parameters(message.api_name, message.event_name)
             if declared is not None and not declared.issuperset(message.kwargs):
                 await self._undeclared(listener, message, declared)
             await client.hooks.before_event_handling(client, message, listener.name,

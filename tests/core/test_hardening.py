@@ -253,3 +253,27 @@ async def test_a_listener_that_cannot_start_stops_the_rpc_loop_it_started_with(
             and t is not asyncio.current_task()]
     assert left == [], left  # the RPC loop it had begun is gone
     assert worker not in bus.client.running_workers
+
+
+async def test_an_event_this_process_does_not_know_is_never_called_undeclared(
+        broker_name: str, make_bus: Callable[..., Bus], caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """A listener of another service's API, whose definition this process lacks, with a
+    handler taking fewer parameters than the sender sends: not the sender's fault, so no
+    notice, and strict_parameters does not refuse it."""
+    config = memory_config(broker_name)
+    config["bus"] = {"strict_parameters": True}
+    plugin = UndeclaredSeen()
+    listener_bus = make_bus(config=config, plugins=[plugin], service_name="mailer")
+    got: list[str] = []
+
+    async def only_the_name(event: EventMessage, username: str) -> None:
+        got.append(username)
+
+    listener_bus.client.listen([("auth", "user_registered")], only_the_name,
+                               listener_name="welcome")
+    async with serving(listener_bus):
+        await send_raw_event(listener_bus, username="ann", email="e", plan="gold")
+        await eventually(lambda: got == ["ann"])
+    assert plugin.seen == []
+    assert not [r for r in caplog.records if "does not declare" in r.getMessage()]
