@@ -438,3 +438,44 @@ async def test_results_nobody_waits_for_are_bounded_by_count_and_bytes(redis_url
         await transport.close()
     warnings = [r for r in caplog.records if "nobody waits for" in r.getMessage()]
     assert len(warnings) == 1  # rate-limited, not one per drop
+
+
+BAD_HEADERS = {
+    "deep": "[" * 9_000 + "]" * 9_000,  # within the size bound, past the parser's depth
+    "bad-utf8": b"\xff\xfe",
+    "not-json": "{traceparent",
+    "not-an-object": '["00-abc"]',
+    "non-string-value": '{"traceparent": 1}',
+    "control-chars": '{"traceparent": "a\\nb"}',
+    "too-many": json.dumps({f"h{n}": "v" for n in range(100)}),
+    "huge": json.dumps({"traceparent": "x" * 100_000}),
+}
+
+
+async def test_bad_headers_on_an_event_are_dropped_and_the_event_delivered(
+        make_redis_bus, raw):
+    """Headers are advisory: whatever a peer puts in the empty-named headers field, the
+    event itself is handled (without headers), never dead-lettered for them."""
+    bus = make_redis_bus()
+    bus.client.register_api(AuthApi())
+    got: dict[str, Any] = {}
+    done = asyncio.Event()
+
+    async def welcome(event: EventMessage, username: str, email: str) -> None:
+        got[username] = event.headers
+        if len(got) == len(BAD_HEADERS):
+            done.set()
+
+    bus.auth.user_registered.listen(welcome, listener_name="welcome", since="0")
+    for name, value in BAD_HEADERS.items():
+        raw.xadd("auth.*:stream", {"id": str(uuid.uuid4()), "api_name": "auth",
+                                   "event_name": "user_registered", "version": "1",
+                                   ":username": json.dumps(name), ":email": '"e"', "": value})
+    worker = bus.client.worker()
+    await worker.start()
+    try:
+        await asyncio.wait_for(done.wait(), WAIT)
+    finally:
+        await worker.stop()
+    assert got == dict.fromkeys(BAD_HEADERS)
+    assert not raw.exists("auth.*:stream:dead")

@@ -127,7 +127,7 @@ def _headers(raw: bytes | str) -> dict[str, str] | None:
         return None
     try:
         return valid_headers(json.loads(_strict_text(raw)))
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, or nested past the parser
         return None
 
 
