@@ -104,6 +104,7 @@ class Listener:
     parameter_names: frozenset[str]
     required: frozenset[str]
     accepts_extra: bool
+    transactional: bool = False  # run inside a database transaction (a plugin wraps it)
 
     def wants(self, api_name: str, event_name: str) -> bool:
         return (api_name, event_name) in self.listen_for
@@ -373,26 +374,29 @@ class BusClient:
     def listen(self, events: Iterable[Any] | Any, handler: Callable[..., Any], *,
                listener_name: str, since: str | datetime | None = None,
                on_error: str | None = None, max_concurrency: int | None = None,
-               ordered: bool | None = None) -> Listener:
+               ordered: bool | None = None, transactional: bool = False) -> Listener:
         """Run `handler(event, **parameters)` for each of `events` in the worker.
 
         `events` is an event path (`bus.auth.user_registered`), an "api.event" string, an
         (api, event) pair, or a list of those. Every listener name receives every event;
         processes sharing a `listener_name` share the work. Added while a worker runs, the
-        listener starts in it at once."""
+        listener starts in it at once. `transactional=True` runs the handler inside a database
+        transaction that also records the event as processed (a plugin such as bus-outbox
+        provides it)."""
         listener = self._add_listener(events, handler, listener_name, since, on_error,
-                                      max_concurrency, ordered)
+                                      max_concurrency, ordered, transactional)
         self._join_running_workers(listener)
         return listener
 
     async def listen_async(self, events: Iterable[Any] | Any, handler: Callable[..., Any], *,
                            listener_name: str, since: str | datetime | None = None,
                            on_error: str | None = None, max_concurrency: int | None = None,
-                           ordered: bool | None = None) -> Listener:
+                           ordered: bool | None = None, transactional: bool = False
+                           ) -> Listener:
         """`listen()`, and when a worker is already running, wait until the new listener
         consumes (so an event fired right after is seen)."""
         listener = self._add_listener(events, handler, listener_name, since, on_error,
-                                      max_concurrency, ordered)
+                                      max_concurrency, ordered, transactional)
         loop = asyncio.get_running_loop()
         for worker in list(self.running_workers):
             if worker.loop is loop:
@@ -404,7 +408,8 @@ class BusClient:
 
     def _add_listener(self, events: Any, handler: Callable[..., Any], listener_name: str,
                       since: str | datetime | None, on_error: str | None,
-                      max_concurrency: int | None, ordered: bool | None) -> Listener:
+                      max_concurrency: int | None, ordered: bool | None,
+                      transactional: bool = False) -> Listener:
         if not isinstance(listener_name, str) or not listener_name.strip():
             raise InvalidArguments(
                 "listen() needs listener_name='...': a stable name for this listener, used to "
@@ -436,7 +441,16 @@ class BusClient:
             name=listener_name, handler=handler, listen_for=pairs, since=since, on_error=on_error,
             max_concurrency=max_concurrency, ordered=ordered, is_async=is_async_callable(handler),
             hints=hints, parameter_names=names, required=required, accepts_extra=accepts_extra,
+            transactional=bool(transactional),
         )
+        if self.hooks.wrap_listener_handler(self, listener):
+            listener.is_async = is_async_callable(listener.handler)
+        elif listener.transactional:
+            raise InvalidArguments(
+                f"listener {listener_name!r} is transactional, but no enabled plugin runs "
+                "listeners in database transactions: install and enable one (bus-outbox: "
+                "`plugins: {outbox: {dsn: ...}}`), or drop transactional=True"
+            )
         self.listeners[listener_name] = listener
         return listener
 
@@ -758,8 +772,10 @@ class BusClient:
 
     # -- events ------------------------------------------------------------------------
 
-    async def fire_async(self, api_name: str, event_name: str, kwargs: dict[str, Any],
-                         bus_options: dict[str, Any] | None = None) -> EventMessage:
+    def event_message(self, api_name: str, event_name: str,
+                      kwargs: dict[str, Any]) -> EventMessage:
+        """The event a fire sends: arguments checked against the registered API, defaults
+        filled in, values in wire form. Raises before anything is sent."""
         event = self.event_definition(api_name, event_name, required=True)
         assert event is not None
         where = f"{api_name}.{event_name}"
@@ -767,17 +783,31 @@ class BusClient:
         values = {p.name: p.default for p in event.parameters if not p.required}
         values.update(kwargs)
         definition = self.apis[api_name].definition
-        message = EventMessage(api_name=api_name, event_name=event_name,
-                               kwargs=wire_kwargs(where, values, event.parameters),
-                               version=definition.version)
+        return EventMessage(api_name=api_name, event_name=event_name,
+                            kwargs=wire_kwargs(where, values, event.parameters),
+                            version=definition.version)
+
+    async def fire_async(self, api_name: str, event_name: str, kwargs: dict[str, Any],
+                         bus_options: dict[str, Any] | None = None) -> EventMessage:
+        message = self.event_message(api_name, event_name, kwargs)
+        taken = self.hooks.take_event(self, message)
+        if inspect.isawaitable(taken):
+            taken = await taken
+        if not taken:
+            await self.send_event_async(message, bus_options)
+        return message
+
+    async def send_event_async(self, message: EventMessage,
+                               bus_options: dict[str, Any] | None = None) -> None:
+        """Send a built event to its event transport, with the fire hooks around it (what a
+        fire does once no plugin took the event; an outbox relay calls it later)."""
         state = await self.state()
-        transport: EventTransport = await state.transport("event", api_name)
+        transport: EventTransport = await state.transport("event", message.api_name)
         token = about(message)  # what is logged while it is sent is about this event
         try:
-            await self._fire(message, transport, where, bus_options)
+            await self._fire(message, transport, message.canonical_name, bus_options)
         finally:
             current_message.reset(token)
-        return message
 
     async def _fire(self, message: EventMessage, transport: EventTransport, where: str,
                     bus_options: dict[str, Any] | None) -> None:
@@ -801,7 +831,16 @@ class BusClient:
 
     def fire(self, api_name: str, event_name: str, kwargs: dict[str, Any],
              bus_options: dict[str, Any] | None = None) -> EventMessage:
-        return self.run_sync(self.fire_async(api_name, event_name, kwargs, bus_options))
+        message = self.event_message(api_name, event_name, kwargs)
+        taken = self.hooks.take_event(self, message)  # on the caller's thread (an outbox)
+        if inspect.isawaitable(taken):
+            if inspect.iscoroutine(taken):
+                taken.close()
+            raise BusError(f"firing {message.canonical_name}: a bus_take_event implementation "
+                           "answered a sync fire() with an awaitable; use fire_async() there")
+        if not taken:
+            self.run_sync(self.send_event_async(message, bus_options))
+        return message
 
     # -- worker ------------------------------------------------------------------------
 
@@ -1145,18 +1184,19 @@ class BusPath:
 
     def listen(self, handler: Callable[..., Any], *, listener_name: str,
                since: str | datetime | None = None, on_error: str | None = None,
-               max_concurrency: int | None = None, ordered: bool | None = None) -> Listener:
+               max_concurrency: int | None = None, ordered: bool | None = None,
+               transactional: bool = False) -> Listener:
         return self._client.listen(self, handler, listener_name=listener_name, since=since,
                                    on_error=on_error, max_concurrency=max_concurrency,
-                                   ordered=ordered)
+                                   ordered=ordered, transactional=transactional)
 
     async def listen_async(self, handler: Callable[..., Any], *, listener_name: str,
                            since: str | datetime | None = None, on_error: str | None = None,
-                           max_concurrency: int | None = None, ordered: bool | None = None
-                           ) -> Listener:
+                           max_concurrency: int | None = None, ordered: bool | None = None,
+                           transactional: bool = False) -> Listener:
         return await self._client.listen_async(
             self, handler, listener_name=listener_name, since=since, on_error=on_error,
-            max_concurrency=max_concurrency, ordered=ordered)
+            max_concurrency=max_concurrency, ordered=ordered, transactional=transactional)
 
 
 class Bus:

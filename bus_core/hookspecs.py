@@ -28,7 +28,7 @@ import pluggy
 if TYPE_CHECKING:
 
     from bus_core.api import ApiDefinition
-    from bus_core.client import BusClient
+    from bus_core.client import BusClient, Listener
     from bus_core.messages import EventMessage, RpcMessage
     from bus_core.transports import EventDelivery
     from bus_core.worker import Worker
@@ -261,6 +261,26 @@ def bus_before_event_fire(client: BusClient, message: EventMessage) -> None:
     """
 
 
+@hookspec(firstresult=True)
+def bus_take_event(client: BusClient, message: EventMessage) -> Any:
+    """Take an event instead of the event transport: an outbox writes it into the caller's
+    open database transaction, and a relay sends it once that transaction commits.
+
+    Called for every fire once the message is built (arguments checked and cast,
+    ``message.kwargs`` in wire form, ``message.id`` final), before ``bus_before_event_fire``,
+    in the firing thread: for a sync ``fire()`` on the caller's own thread, before the bus's
+    loop is involved, so that thread's database connection and transaction are usable.
+    The first implementation that returns True wins; the kernel then sends nothing and runs
+    no other fire hook (whoever relays the event later sends it with
+    ``client.send_event_async(message)``, which runs them).
+
+    :param client: the firing bus client.
+    :param message: the event, complete.
+    :return: True when taken, None otherwise. From ``fire_async`` only, an awaitable
+        resolving to True or None (for async database connections).
+    """
+
+
 @hookspec
 def bus_after_event_fire(
     client: BusClient, message: EventMessage, error: BaseException | None, duration: float,
@@ -272,6 +292,22 @@ def bus_after_event_fire(
     :param error: the exception if sending failed, else None.
     :param duration: seconds the send took.
     :return: nothing; may be a coroutine. Exceptions are logged, not raised.
+    """
+
+
+@hookspec
+def bus_wrap_listener_handler(client: BusClient, listener: Listener) -> Callable[..., Any] | None:
+    """Wrap a listener's handler, once, when the listener is added (``listen()``): to run it
+    inside a database transaction (``listen(..., transactional=True)``), with a tracer, ...
+
+    Implementations run in turn, each seeing the handler the previous one returned in
+    ``listener.handler``. A listener declared ``transactional`` that no implementation wrapped
+    is refused with an error naming the plugin to enable.
+
+    :param client: the listening bus client.
+    :param listener: the listener (``name``, ``listen_for``, ``transactional``, ``handler``).
+    :return: a callable of the same kind (sync or ``async def``) and signature,
+        ``handler(event, **parameters)``, that calls ``listener.handler``; or None.
     """
 
 

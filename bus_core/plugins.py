@@ -31,7 +31,7 @@ from bus_core.transports import TRANSPORT_KINDS, Serializer
 
 if TYPE_CHECKING:
     from bus_core.api import ApiDefinition
-    from bus_core.client import BusClient
+    from bus_core.client import BusClient, Listener
     from bus_core.messages import EventMessage, RpcMessage
     from bus_core.transports import EventDelivery
     from bus_core.worker import Worker
@@ -523,6 +523,7 @@ class HookFacade:
     def __init__(self, manager: PluginManager) -> None:
         self._manager = manager
         self._callers: dict[str, Callable[..., list[Any]]] = {}
+        self._impls: dict[str, list[Any]] = {}  # enabled implementations, by hook
 
     def refresh(self) -> None:
         """Recompute which gated hooks have enabled implementations."""
@@ -532,15 +533,20 @@ class HookFacade:
             if name not in manager.enabled
         ]
         callers: dict[str, Callable[..., list[Any]]] = {}
+        enabled_impls: dict[str, list[Any]] = {}
         for hook_name in self.GATED:
             caller = manager.pm.subset_hook_caller(hook_name, remove_plugins=blocked)
             impls = caller.get_hookimpls()
             if not impls:
                 continue
+            enabled_impls[hook_name] = impls
             wrapped = any(getattr(i, "hookwrapper", False) or getattr(i, "wrapper", False)
                           for i in impls)
-            callers[hook_name] = caller if (wrapped or manager.tracing) else _direct(impls)
+            first_result = caller.spec is not None and caller.spec.opts.get("firstresult")
+            callers[hook_name] = (caller if (wrapped or manager.tracing or first_result)
+                                  else _direct(impls))
         self._callers = callers
+        self._impls = enabled_impls
 
     def implemented(self, hook_name: str) -> bool:
         return hook_name in self._callers
@@ -656,6 +662,28 @@ class HookFacade:
                                  parameter_names: list[str]) -> Awaitable[None]:
         return self._observe("bus_on_undeclared_parameters", client=client, message=message,
                              listener_name=listener_name, parameter_names=parameter_names)
+
+    def take_event(self, client: BusClient, message: EventMessage) -> Any:
+        """True when a plugin took the event to send it later (an outbox), an awaitable of
+        that from an async implementation, or None: the kernel sends it."""
+        caller = self._callers.get("bus_take_event")
+        return None if caller is None else caller(client=client, message=message)
+
+    def wrap_listener_handler(self, client: BusClient, listener: Listener) -> bool:
+        """Let each implementation wrap `listener.handler` in turn; True if any did."""
+        caller = self._callers.get("bus_wrap_listener_handler")
+        if caller is None:
+            return False
+        wrapped = False
+        for impl in reversed(self._impls["bus_wrap_listener_handler"]):
+            arguments = {"client": client, "listener": listener}
+            handler = impl.function(*(arguments[name] for name in impl.argnames))
+            if handler is not None:
+                if not callable(handler):
+                    raise TypeError(f"bus_wrap_listener_handler of plugin {impl.plugin_name!r} "
+                                    f"returned {handler!r}, not a callable")
+                listener.handler, wrapped = handler, True
+        return wrapped
 
     # introspection
     async def describe_apis(self, client: BusClient) -> dict[str, ApiDefinition]:
