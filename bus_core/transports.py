@@ -310,6 +310,66 @@ class EventTransport(Transport):
         consumers (for `bus state`: which consumers sit idle, and what they hold)."""
         raise NotImplementedError(f"{type(self).__name__} cannot list listener groups")
 
+    async def list_dead_letters(self, api_name: str, event_name: str | None = None,
+                                start: datetime | None = None, stop: datetime | None = None,
+                                limit: int | None = None) -> list[DeadLetter]:
+        """Optional: the dead letters of one API's events (of one event when `event_name`
+        is given), dead-lettered in [start, stop], newest first, at most `limit`. For
+        `bus dead-letters` and the web console (`bus_core.dead_letters`); read-only.
+        Malformed dead letters are listed too, with `message` None and `problem` set."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list dead letters")
+
+    async def replay_dead_letter(self, letter: DeadLetter) -> str | None:
+        """Optional: deliver `letter` (as listed by `list_dead_letters`) again, to the
+        listener group that dead-lettered it only, as a new delivery on its stream, and
+        remove it from the dead-letter store, atomically where the backend allows. The
+        event keeps its id; its headers carry `REPLAY_GROUP_HEADER` (the group: consumers
+        of other groups acknowledge it unseen) and `REPLAY_OF_HEADER` (the dead letter's
+        id), so a handler can tell a replay. Returns the new entry's native id, or None
+        when the dead letter is no longer there (replayed or purged already): replaying
+        twice delivers once. A malformed dead letter cannot be replayed (BusError)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot replay dead letters")
+
+    async def purge_dead_letter(self, letter: DeadLetter) -> bool:
+        """Optional: delete `letter` from the dead-letter store; False if it was gone."""
+        raise NotImplementedError(f"{type(self).__name__} cannot purge dead letters")
+
+
+# Headers of a replayed dead letter (see `EventTransport.replay_dead_letter`).
+REPLAY_GROUP_HEADER = "bus-replay-group"
+REPLAY_OF_HEADER = "bus-replay-of"
+
+
+def replayed_for_another_group(headers: dict[str, str] | None, group: str) -> bool:
+    """True for an event that is the replay of a dead letter of a listener group other than
+    `group`: a consumer of `group` acknowledges it without handing it out. Cheap on the
+    usual path (no headers: one test)."""
+    if not headers:
+        return False
+    target = headers.get(REPLAY_GROUP_HEADER)
+    return target is not None and target != group
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """One dead-lettered event, as `EventTransport.list_dead_letters` reports it.
+
+    `id` is its id in the dead-letter store (unique per `stream`); `entry_id` the native
+    id it had on `stream`; `group` the listener group that gave up on it. `message` is the
+    decoded event, or None for a malformed entry (then `problem` says why)."""
+
+    id: str
+    stream: str
+    group: str
+    reason: str
+    time: datetime | None
+    delivery_count: int | None = None
+    entry_id: str | None = None
+    api_name: str | None = None
+    event_name: str | None = None
+    message: EventMessage | None = None
+    problem: str | None = None
+
 
 @dataclass(slots=True)
 class ConsumerInfo:
