@@ -1,0 +1,60 @@
+"""The conformance kit against the example third-party transport, examples/sqlite_transport
+(one database file per test)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bus_core.conformance import (
+    EventTransportSuite,
+    ResultTransportSuite,
+    RpcTransportSuite,
+    SchemaTransportSuite,
+)
+from bus_core.transports import Transport
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sqlite_transport"
+if str(EXAMPLE) not in sys.path:
+    sys.path.insert(0, str(EXAMPLE))
+
+from bus_sqlite import (  # noqa: E402
+    SqliteEventTransport,
+    SqliteResultTransport,
+    SqliteRpcTransport,
+    SqliteSchemaTransport,
+)
+
+CLASSES: dict[str, type[Transport]] = {
+    "rpc": SqliteRpcTransport, "result": SqliteResultTransport,
+    "event": SqliteEventTransport, "schema": SqliteSchemaTransport,
+}
+
+
+@pytest.fixture
+def bus_transport_factory(tmp_path: Path) -> Any:
+    path = str(tmp_path / "bus.sqlite3")
+
+    def make(kind: str, **context: Any) -> Transport:
+        return CLASSES[kind](path=path, poll_interval=0.02, **context)
+
+    return make
+
+
+class TestSqliteEvents(EventTransportSuite):
+    reclaim_after = 1.0  # a closed consumer gives its deliveries back at once
+
+
+class TestSqliteRpcs(RpcTransportSuite):
+    pass
+
+
+class TestSqliteResults(ResultTransportSuite):
+    pass
+
+
+class TestSqliteSchemas(SchemaTransportSuite):
+    schema_ttl = 0.3
