@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 # Workspace members, installed editable in this order (each is its own distribution).
 MEMBERS = [".", "transports_memory", "transports_redis", "plugins/schema", "plugins/state",
-           "plugins/metrics", "plugins/otel", "plugins/outbox"]
+           "plugins/metrics", "plugins/otel", "plugins/outbox", "plugins/web"]
 STAMP = VENV / ".bus-installed"
 
 
