@@ -1,0 +1,120 @@
+"""What the console shows, read through the Bus client (never written here): API schemas,
+workers, event history, listener groups, and `bus config check`'s verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bus_core.client import Bus
+from bus_core.redaction import redact_text
+
+CHECK_TIMEOUT = 30.0
+MAX_CONFIG_BYTES = 256 * 1024
+
+
+@dataclass
+class ApiInfo:
+    """One API as the console shows it: its schema document and where it comes from."""
+
+    name: str
+    own: bool  # registered by this process's bus module
+    schema: dict[str, Any]
+    doc: str = ""
+
+    @property
+    def rpcs(self) -> dict[str, Any]:
+        return self.schema.get("rpcs") or {}
+
+    @property
+    def events(self) -> dict[str, Any]:
+        return self.schema.get("events") or {}
+
+
+async def apis(bus: Bus) -> dict[str, ApiInfo]:
+    """Every API on the bus: those registered here, and those in the shared schema."""
+    from bus_schema.generate import api_schema
+
+    client = bus.client
+    found: dict[str, ApiInfo] = {}
+    try:
+        state = await client.state()
+        transport = await state.transport("schema", "")
+        remote = await transport.load()
+    except Exception:  # no shared schema reachable: the local APIs still show
+        remote = {}
+    for name, document in sorted(remote.items()):
+        if isinstance(document, dict):
+            found[name] = ApiInfo(name, False, document)
+    for name, api in sorted(client.apis.items()):
+        found[name] = ApiInfo(name, True, api_schema(api), api.definition.doc or "")
+    return dict(sorted(found.items()))
+
+
+async def workers(bus: Bus) -> list[dict[str, Any]]:
+    """The workers bus-state knows of (alive, gone and stopped), as JSON-safe rows."""
+    from bus_state import read_workers
+    from bus_state.commands import WINDOW_INTERVALS
+    from bus_state.plugin import grace, options, ping_interval
+
+    section = options(bus.client)
+    interval = ping_interval(section)
+    window = WINDOW_INTERVALS * interval + grace(section, interval)
+    rows = await read_workers(bus.client, window=window, default_interval=interval)
+    return [row.as_json() for row in rows]
+
+
+async def groups(bus: Bus, announced: list[str]) -> list[dict[str, Any]]:
+    """Listener groups per stream: pending, unread, consumers and how idle they are."""
+    from bus_state.commands import IDLE_AFTER, group_json, read_groups
+
+    found = await read_groups(bus.client, announced)
+    return [group_json(group, IDLE_AFTER) for group in found]
+
+
+async def history(bus: Bus, pairs: list[tuple[str, str]], start: datetime | None,
+                  stop: datetime | None, text: str, limit: int) -> list[dict[str, Any]]:
+    """Events of `pairs` in [start, stop], newest first, whose arguments (as JSON) contain
+    `text`, at most `limit`."""
+    from bus_core.cli_messages import event_row, merged_history
+
+    found = []
+    async for message in merged_history(bus, pairs, start, stop):
+        row = event_row(message)
+        if text and text not in json.dumps(row["kwargs"], default=str, ensure_ascii=False):
+            continue
+        row["headers"] = message.headers
+        found.append(row)
+        if len(found) >= limit:
+            break
+    return found
+
+
+async def check_config(text: str) -> tuple[bool, str]:
+    """`bus config check` on `text` (YAML or JSON), as the command says it: (valid, its
+    output). Run as the real command in a subprocess whose environment holds no variable
+    of this server's (so `${VAR}` in a pasted config cannot reveal one), with passwords in
+    URLs hidden from the output."""
+    with tempfile.TemporaryDirectory(prefix="bus-web-check-") as folder:
+        path = Path(folder) / "config.yaml"
+        path.write_text(text, encoding="utf-8")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": folder,
+               "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bus_core.cli", "config", "check", str(path), cwd=folder,
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            out, _ = await asyncio.wait_for(process.communicate(), CHECK_TIMEOUT)
+        except (TimeoutError, asyncio.TimeoutError):
+            process.kill()
+            await process.wait()
+            return False, f"the check took longer than {CHECK_TIMEOUT:g}s"
+    output = out.decode("utf-8", "replace").replace(str(path), "the config")
+    return process.returncode == 0, redact_text(output.strip())
