@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bus_sqlite import (
+    SqliteEventTransport,
+    SqliteResultTransport,
+    SqliteRpcTransport,
+    SqliteSchemaTransport,
+)
 
 from bus_core.conformance import (
     EventTransportSuite,
@@ -16,17 +21,6 @@ from bus_core.conformance import (
     SchemaTransportSuite,
 )
 from bus_core.transports import Transport
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sqlite_transport"
-if str(EXAMPLE) not in sys.path:
-    sys.path.insert(0, str(EXAMPLE))
-
-from bus_sqlite import (  # noqa: E402
-    SqliteEventTransport,
-    SqliteResultTransport,
-    SqliteRpcTransport,
-    SqliteSchemaTransport,
-)
 
 CLASSES: dict[str, type[Transport]] = {
     "rpc": SqliteRpcTransport, "result": SqliteResultTransport,
