@@ -17,6 +17,8 @@ from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -408,9 +410,6 @@ def create_app(bus: Bus, settings: Settings) -> Starlette:
         Route("/api/config/check", g(console.check_config, post=True), methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    app = Starlette(routes=routes)
-
-    @app.middleware("http")
     async def token_and_headers(request: Request, call_next: Callable[..., Any]) -> Response:
         token = request.query_params.get("token")
         if token is not None and request.method == "GET":
@@ -426,6 +425,9 @@ def create_app(bus: Bus, settings: Settings) -> Starlette:
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         return response
+
+    app = Starlette(routes=routes,
+                    middleware=[Middleware(BaseHTTPMiddleware, dispatch=token_and_headers)])
 
     app.state.console = console
     return app
