@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from bus_web import Settings, create_app
+from bus_web.security import COOKIE
 from starlette.testclient import TestClient
 
 import bus_core
 from bus_core import Bus
-from bus_web import Settings, create_app
-from bus_web.security import COOKIE
 from tests.apis import AuthApi
 from tests.conftest import memory_config
 
