@@ -169,11 +169,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_logging(args: argparse.Namespace, bus: Bus) -> None:
+    """Log as `bus run` does: -l/--log-level, else bus.log_level, else INFO; text or JSON."""
+    from bus_core.logs import configure
+
+    level = args.log_level or bus.client.config.bus.get("log_level") or "INFO"
+    chosen = os.environ.get("BUS_LOG_FORMAT") or bus.client.config.bus.get("log_format")
+    configure(str(level), chosen if chosen in ("text", "json") else "text")
+
+
 def cmd_relay(args: argparse.Namespace) -> int:
     from bus_outbox.relay import Relay
 
     bus = _bus(args)
     options = _options(bus)
+    _configure_logging(args, bus)
     if args.batch_size is not None or args.poll_interval is not None:
         import dataclasses
 
