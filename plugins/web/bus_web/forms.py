@@ -66,7 +66,7 @@ def fields_for(schema: dict[str, Any], root: dict[str, Any] | None = None, prefi
         if isinstance(sub, dict):
             found.append(_field(f"{prefix}{name}", name, _nullable(_resolve(sub, root)), root,
                                 name in required, depth))
-    return found
+    return sorted(found, key=lambda f: not f.required)  # required ones first
 
 
 def _field(path: str, label: str, schema: dict[str, Any], root: dict[str, Any],

@@ -16,7 +16,7 @@ async function post(url, body, isForm) {
 
 function show(output, text, good) {
   output.textContent = text;
-  output.className = "outcome " + (good ? "good" : "bad");
+  output.className = "outcome " + (good === null ? "pending" : good ? "good" : "bad");
 }
 
 // -- forms generated from JSON Schemas -------------------------------------------------
@@ -76,7 +76,7 @@ for (const form of document.querySelectorAll("form.bus-form")) {
     const problems = [];
     const kwargs = collect(form, problems);
     if (problems.length) { show(output, "Check: " + problems.join("; "), false); return; }
-    show(output, "…", true);
+    show(output, "…", null);
     const {ok, data} = await post(form.dataset.action, {kwargs});
     if (!ok) { show(output, data.error || "failed", false); return; }
     show(output, form.dataset.kind === "rpc" ? "Result: " + JSON.stringify(data.result)
