@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bus_core import cli_messages, shell
+from bus_core import cli_dead_letters, cli_messages, shell
 from bus_core.client import Bus
 from bus_core.config import Config, config_schema, load_config
 from bus_core.errors import BusError
@@ -470,6 +470,7 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     check.set_defaults(handler=cmd_config_check)
 
     cli_messages.add_commands(commands, common)
+    cli_dead_letters.add_commands(commands, common)
     shell.add_command(commands, common)
 
     version = commands.add_parser("version", parents=[common], help="print the version")

@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from bus_core.client import Bus, rpc_timeout_message
+from bus_core.client import Bus
 from bus_core.errors import BusError, RemoteError, RpcTimeout
+from bus_core.message_path import rpc_timeout_message
 from bus_core.messages import EventMessage
 
 POLL_SECONDS = 0.5
@@ -194,7 +195,7 @@ def cmd_fire(args: argparse.Namespace) -> int:
 async def fire_foreign(bus: Bus, api_name: str, event_name: str, kwargs: dict[str, Any],
                        timeout: float | None) -> EventMessage:
     """Put an EventMessage straight on the API's event transport (no local API needed)."""
-    from bus_core.client import fire_timeout_message, wire_kwargs
+    from bus_core.message_path import fire_timeout_message, wire_kwargs
 
     message = EventMessage(api_name=api_name, event_name=event_name,
                            kwargs=wire_kwargs(f"{api_name}.{event_name}", kwargs))

@@ -16,60 +16,37 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import dataclasses
 import inspect
 import logging
-import math
 import os
-import re
-import sys
 import threading
-import traceback
-import typing
 import warnings
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from datetime import datetime, timezone, tzinfo
+from collections.abc import Callable, Coroutine, Iterable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bus_core.api import (
-    Api,
-    ApiDefinition,
-    EventDefinition,
-    Parameter,
-    RpcDefinition,
-    warn_about_wire_types,
-)
+from bus_core import outgoing
+from bus_core.api import Api, ApiDefinition, EventDefinition, RpcDefinition, warn_about_wire_types
 from bus_core.config import Config
-from bus_core.errors import (
-    BusError,
-    InvalidArguments,
-    RemoteError,
-    RpcTimeout,
-    RpcWorkerLost,
-    UnknownApi,
-    UnknownEvent,
-    UnknownRpc,
-    WireError,
-)
-from bus_core.logs import about, current_message
-from bus_core.messages import EventMessage, ResultMessage, RpcMessage
-from bus_core.plugins import PluginManager, now
+from bus_core.errors import BusError, InvalidArguments, UnknownApi, UnknownEvent, UnknownRpc
+from bus_core.listeners import Listener, new_listener
+from bus_core.message_path import OutgoingCall, OutgoingEvent, ServedRpc, check_arguments
+from bus_core.messages import EventMessage
+from bus_core.plugins import PluginManager
 from bus_core.runtime import LoopThread, call_user_code, is_async_callable, run_in_fresh_loop
+from bus_core.scheduling import ScheduledTask, every, next_cron_time, on_cron
 from bus_core.serialization import SizeLimitedSerializer
-from bus_core.transports import EventTransport, ResultTransport, RpcTransport, Transport
-from bus_core.values import from_wire, to_wire
+from bus_core.transports import Transport
 
 if TYPE_CHECKING:
     from bus_core.worker import Worker
 
+__all__ = ["Bus", "BusClient", "BusPath", "Listener", "LoopState", "ScheduledTask",
+           "next_cron_time"]
 T = TypeVar("T")
-Procedure = tuple[Callable[..., Any], bool, RpcDefinition, dict[str, Any]]
 logger = logging.getLogger("bus.client")
-_RESERVED_KWARGS = ("bus_options",)
-_BUS_OPTIONS = ("timeout",)
-# What listen(since=...) takes as text: "$" (new only), "0", "beginning", or an entry id.
-_STREAM_POSITION = re.compile(r"^(\$|beginning|\d+(-\d+)?)$")
+MAX_COMPILED_CALLS = 10_000  # plans kept for RPCs of APIs not registered here
 _CLIENTS: weakref.WeakSet[BusClient] = weakref.WeakSet()
 # What clients had before a fork, kept alive in the child and never closed there: closing or
 # collecting it would shut down sockets the parent still uses.
@@ -83,125 +60,6 @@ def _forget_what_the_parent_had() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_what_the_parent_had)
-
-
-# -- listeners and scheduled tasks ---------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Listener:
-    """A handler subscribed to one or more events under a `listener_name`."""
-
-    name: str
-    handler: Callable[..., Any]
-    listen_for: tuple[tuple[str, str], ...]
-    since: str | datetime | None
-    on_error: str | None
-    max_concurrency: int | None
-    ordered: bool | None
-    is_async: bool
-    hints: dict[str, Any]
-    parameter_names: frozenset[str]
-    required: frozenset[str]
-    accepts_extra: bool
-    transactional: bool = False  # run inside a database transaction (a plugin wraps it)
-
-    def wants(self, api_name: str, event_name: str) -> bool:
-        return (api_name, event_name) in self.listen_for
-
-
-@dataclasses.dataclass
-class ScheduledTask:
-    """A function run while a worker runs: every `seconds`, or at the times of `cron`.
-
-    `single` tasks run in one process of the service at a time (a lock on the transport)."""
-
-    function: Callable[..., Any]
-    seconds: float
-    also_run_immediately: bool
-    is_async: bool
-    cron: str | None = None
-    tz: str | None = None
-    single: bool = False
-
-    @property
-    def name(self) -> str:
-        return getattr(self.function, "__qualname__", repr(self.function))
-
-    def next_delay(self, moment: datetime | None = None) -> float:
-        """Seconds from `moment` (default: now) to the next run; the interval for every()."""
-        if self.cron is None:
-            return self.seconds
-        moment = moment or datetime.now(timezone.utc)
-        fire = next_cron_time(self.cron, self.tz, moment)
-        return max(0.0, (fire - moment).total_seconds())
-
-
-def _zone(tz: str | None) -> tzinfo:
-    if tz is None or tz.upper() == "UTC":
-        return timezone.utc
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        return ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidArguments(f"schedule(tz={tz!r}): unknown time zone") from None
-
-
-def next_cron_time(expression: str, tz: str | None, moment: datetime) -> datetime:
-    """The first time strictly after `moment` that the cron `expression` names (in `tz`)."""
-    from croniter import croniter
-
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    fire = croniter(expression, moment.astimezone(_zone(tz))).get_next(datetime)
-    return typing.cast(datetime, fire)
-
-
-def _check_cron(expression: str, tz: str | None) -> None:
-    from croniter import croniter
-
-    _zone(tz)
-    if not isinstance(expression, str) or not croniter.is_valid(expression):
-        why = ""
-        if isinstance(expression, str):
-            fields = expression.split()
-            why = (f"it has {len(fields)} field(s); " if len(fields) != 5
-                   else "a field is out of range or not understood; ")
-        raise InvalidArguments(
-            f"schedule({expression!r}): not a valid cron expression: {why}use five fields "
-            "'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *'"
-        )
-
-
-def _handler_signature(handler: Callable[..., Any]) -> tuple[dict[str, Any], frozenset[str],
-                                                             frozenset[str], bool]:
-    """(hints, parameter names, required names, accepts **kwargs) of an event handler,
-    whose first positional parameter receives the EventMessage."""
-    try:
-        signature = inspect.signature(handler)
-    except (TypeError, ValueError):
-        return {}, frozenset(), frozenset(), True
-    params = list(signature.parameters.values())
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if not positional and not any(p.kind is p.VAR_POSITIONAL for p in params):
-        raise InvalidArguments(
-            f"event handler {getattr(handler, '__qualname__', handler)!r} must take the event "
-            "as its first argument, e.g. def handler(event, username, email): ..."
-        )
-    rest = params[1:] if positional else params
-    try:
-        hints = typing.get_type_hints(handler)
-    except Exception:
-        hints = {}
-    names = frozenset(p.name for p in rest if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
-    required = frozenset(
-        p.name for p in rest
-        if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    )
-    accepts_extra = any(p.kind is p.VAR_KEYWORD for p in params)
-    hints = {k: v for k, v in hints.items() if k in names}
-    return hints, names, required, accepts_extra
 
 
 # -- per-loop state --------------------------------------------------------------------------
@@ -281,7 +139,9 @@ class BusClient:
         )
         self.apis: dict[str, Api] = {}
         self.described: dict[str, ApiDefinition] = {}  # remote APIs plugins told us of
-        self._procedures: dict[tuple[str, str], Procedure] = {}
+        self._procedures: dict[tuple[str, str], ServedRpc] = {}
+        self._outgoing_calls: dict[tuple[str, str], OutgoingCall] = {}
+        self._outgoing_events: dict[tuple[str, str], OutgoingEvent] = {}
         self.listeners: dict[str, Listener] = {}
         self.start_functions: list[tuple[Callable[..., Any], bool]] = []
         self.stop_functions: list[tuple[Callable[..., Any], bool]] = []
@@ -346,9 +206,11 @@ class BusClient:
         self.apis[definition.name] = api
         for rpc in definition.rpcs.values():
             method = getattr(api, rpc.name)
-            hints = {p.name: p.type for p in rpc.parameters if p.type is not typing.Any}
-            self._procedures[(definition.name, rpc.name)] = (
-                method, is_async_callable(method), rpc, hints)
+            self._procedures[(definition.name, rpc.name)] = ServedRpc(
+                method, is_async_callable(method), rpc,
+                {p.name: p.type for p in rpc.parameters})
+        for key in [key for key in self._outgoing_calls if key[0] == definition.name]:
+            del self._outgoing_calls[key]  # compiled while the API was remote
         return api
 
     def api_definition(self, api_name: str) -> ApiDefinition | None:
@@ -367,9 +229,48 @@ class BusClient:
         self.described = {name: d for name, d in described.items() if name not in self.apis}
         return {**self.described, **{name: a.definition for name, a in self.apis.items()}}
 
-    def procedure(self, api_name: str, procedure_name: str) -> Procedure | None:
-        """(bound method, is async, definition, hints) of a locally served RPC."""
+    def procedure(self, api_name: str, procedure_name: str) -> ServedRpc | None:
+        """A locally served RPC: its method and how a call's arguments are checked."""
         return self._procedures.get((api_name, procedure_name))
+
+    def outgoing_call(self, api_name: str, procedure_name: str) -> OutgoingCall:
+        """How calls of `api_name.procedure_name` are checked and converted (compiled once);
+        UnknownRpc when the API is registered here without that RPC."""
+        found = self._outgoing_calls.get((api_name, procedure_name))
+        if found is None:
+            definition = self.api_definition(api_name)
+            rpc = None
+            if definition is not None:
+                rpc = definition.rpcs.get(procedure_name)
+                if rpc is None:
+                    raise UnknownRpc(
+                        f"API {api_name!r} has no RPC {procedure_name!r}; its RPCs: "
+                        f"{', '.join(sorted(definition.rpcs)) or 'none'}"
+                    )
+            found = OutgoingCall(api_name, procedure_name, rpc)
+            if definition is not None or len(self._outgoing_calls) < MAX_COMPILED_CALLS:
+                self._outgoing_calls[(api_name, procedure_name)] = found
+        return found
+
+    def check_rpc_arguments(self, api_name: str, procedure_name: str,
+                            kwargs: dict[str, Any]) -> RpcDefinition | None:
+        """Refuse unknown RPCs and bad arguments of an API registered here (its definition
+        is returned; None for an API served elsewhere, whose worker checks)."""
+        rpc = self.outgoing_call(api_name, procedure_name).rpc
+        if rpc is not None:
+            check_arguments(f"{api_name}.{procedure_name}()", rpc.parameters,
+                            rpc.accepts_extra, kwargs)
+        return rpc
+
+    def outgoing_event(self, api_name: str, event_name: str) -> OutgoingEvent:
+        """How fires of `api_name.event_name` are checked and converted (compiled once);
+        UnknownApi/UnknownEvent unless the API is registered here with that event."""
+        found = self._outgoing_events.get((api_name, event_name))
+        if found is None:
+            event = self.event_definition(api_name, event_name, required=True)
+            found = OutgoingEvent(api_name, event, self.apis[api_name].definition.version)
+            self._outgoing_events[(api_name, event_name)] = found
+        return found
 
     def listen(self, events: Iterable[Any] | Any, handler: Callable[..., Any], *,
                listener_name: str, since: str | datetime | None = None,
@@ -383,8 +284,9 @@ class BusClient:
         listener starts in it at once. `transactional=True` runs the handler inside a database
         transaction that also records the event as processed (a plugin such as bus-outbox
         provides it)."""
-        listener = self._add_listener(events, handler, listener_name, since, on_error,
-                                      max_concurrency, ordered, transactional)
+        listener = new_listener(self, events, handler, listener_name, since, on_error,
+                                max_concurrency, ordered, transactional)
+        self.listeners[listener.name] = listener
         self._join_running_workers(listener)
         return listener
 
@@ -395,8 +297,9 @@ class BusClient:
                            ) -> Listener:
         """`listen()`, and when a worker is already running, wait until the new listener
         consumes (so an event fired right after is seen)."""
-        listener = self._add_listener(events, handler, listener_name, since, on_error,
-                                      max_concurrency, ordered, transactional)
+        listener = new_listener(self, events, handler, listener_name, since, on_error,
+                                max_concurrency, ordered, transactional)
+        self.listeners[listener.name] = listener
         loop = asyncio.get_running_loop()
         for worker in list(self.running_workers):
             if worker.loop is loop:
@@ -404,54 +307,6 @@ class BusClient:
             elif worker.loop is not None:
                 await asyncio.wrap_future(
                     asyncio.run_coroutine_threadsafe(worker.add_listener(listener), worker.loop))
-        return listener
-
-    def _add_listener(self, events: Any, handler: Callable[..., Any], listener_name: str,
-                      since: str | datetime | None, on_error: str | None,
-                      max_concurrency: int | None, ordered: bool | None,
-                      transactional: bool = False) -> Listener:
-        if not isinstance(listener_name, str) or not listener_name.strip():
-            raise InvalidArguments(
-                "listen() needs listener_name='...': a stable name for this listener, used to "
-                "remember its position on the stream across restarts"
-            )
-        if not callable(handler):
-            raise InvalidArguments(f"listen() handler must be callable, got {handler!r}")
-        if since is not None and not (isinstance(since, datetime) or (
-                isinstance(since, str) and _STREAM_POSITION.match(since))):
-            raise InvalidArguments(
-                f"since={since!r}: use None (new events only), '0' (the beginning), a "
-                "datetime, or a stream entry id such as '1700000000000-0'"
-            )
-        if on_error not in (None, "redeliver", "acknowledge", "stop"):
-            raise InvalidArguments(
-                f"on_error={on_error!r}: use 'redeliver', 'acknowledge' or 'stop'"
-            )
-        pairs = tuple(dict.fromkeys(self._event_pairs(events)))
-        if not pairs:
-            raise InvalidArguments("listen() needs at least one event")
-        if listener_name in self.listeners:
-            raise InvalidArguments(
-                f"listener_name {listener_name!r} is already used in this process by "
-                f"{getattr(self.listeners[listener_name].handler, '__qualname__', '?')}; "
-                "pick a different name per handler"
-            )
-        hints, names, required, accepts_extra = _handler_signature(handler)
-        listener = Listener(
-            name=listener_name, handler=handler, listen_for=pairs, since=since, on_error=on_error,
-            max_concurrency=max_concurrency, ordered=ordered, is_async=is_async_callable(handler),
-            hints=hints, parameter_names=names, required=required, accepts_extra=accepts_extra,
-            transactional=bool(transactional),
-        )
-        if self.hooks.wrap_listener_handler(self, listener):
-            listener.is_async = is_async_callable(listener.handler)
-        elif listener.transactional:
-            raise InvalidArguments(
-                f"listener {listener_name!r} is transactional, but no enabled plugin runs "
-                "listeners in database transactions: install and enable one (bus-outbox: "
-                "`plugins: {outbox: {dsn: ...}}`), or drop transactional=True"
-            )
-        self.listeners[listener_name] = listener
         return listener
 
     def _join_running_workers(self, listener: Listener) -> None:
@@ -465,24 +320,6 @@ class BusClient:
             else:
                 asyncio.run_coroutine_threadsafe(worker.add_listener(listener),
                                                  worker.loop).result()
-
-    def _event_pairs(self, events: Any) -> Iterable[tuple[str, str]]:
-        if isinstance(events, (BusPath, str)) or (
-            isinstance(events, tuple) and len(events) == 2 and all(isinstance(e, str)
-                                                                    for e in events)
-        ):
-            events = [events]
-        for item in events:
-            if isinstance(item, BusPath):
-                api_name, event_name = item.api_name, item.member_name
-            elif isinstance(item, str):
-                api_name, _, event_name = item.rpartition(".")
-            else:
-                api_name, event_name = item
-            if not api_name or not event_name:
-                raise InvalidArguments(f"{item!r} does not name an event: use 'api.event'")
-            self.event_definition(api_name, event_name, required=False)
-            yield api_name, event_name
 
     def event_definition(self, api_name: str, event_name: str, *,
                          required: bool) -> EventDefinition | None:
@@ -520,30 +357,14 @@ class BusClient:
               ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator: run the function every interval while a worker runs (with
         `single=True`, in only one process of the service at a time)."""
-        interval = seconds + minutes * 60 + hours * 3600
-        if interval <= 0:
-            raise InvalidArguments("every() needs a positive interval, e.g. every(seconds=30)")
-
-        def decorate(function: Callable[..., T]) -> Callable[..., T]:
-            self.scheduled.append(ScheduledTask(function, interval, also_run_immediately,
-                                                is_async_callable(function), single=single))
-            return function
-
-        return decorate
+        return every(self.scheduled, seconds + minutes * 60 + hours * 3600,
+                     also_run_immediately, single)
 
     def schedule(self, cron: str, *, tz: str | None = None, single: bool = False
                  ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator: run the function at the times of a cron expression (UTC unless `tz`
         names a zone) while a worker runs; `single=True`: in one process at a time."""
-        _check_cron(cron, tz)
-
-        def decorate(function: Callable[..., T]) -> Callable[..., T]:
-            self.scheduled.append(ScheduledTask(function, 0.0, False,
-                                                is_async_callable(function), cron=cron, tz=tz,
-                                                single=single))
-            return function
-
-        return decorate
+        return on_cron(self.scheduled, cron, tz, single)
 
     # -- transports and threads ---------------------------------------------------------
 
@@ -639,22 +460,6 @@ class BusClient:
 
     # -- RPC ---------------------------------------------------------------------------
 
-    def check_rpc_arguments(self, api_name: str, procedure_name: str,
-                            kwargs: dict[str, Any]) -> RpcDefinition | None:
-        """Refuse unknown RPCs and bad arguments of a locally known API before sending."""
-        definition = self.api_definition(api_name)
-        if definition is None:
-            return None
-        rpc = definition.rpcs.get(procedure_name)
-        if rpc is None:
-            raise UnknownRpc(
-                f"API {api_name!r} has no RPC {procedure_name!r}; its RPCs: "
-                f"{', '.join(sorted(definition.rpcs)) or 'none'}"
-            )
-        check_arguments(f"{api_name}.{procedure_name}()", rpc.parameters, rpc.accepts_extra,
-                        kwargs)
-        return rpc
-
     def is_idempotent(self, api_name: str, procedure_name: str) -> bool:
         """Whether a call of `api_name.procedure_name` may run again when the worker running
         it dies: the config says so (`apis.<api>.idempotent`, `idempotent_rpcs`), or the API
@@ -668,170 +473,39 @@ class BusClient:
     async def call_rpc_async(self, api_name: str, procedure_name: str,
                              kwargs: dict[str, Any], bus_options: dict[str, Any] | None = None
                              ) -> Any:
-        rpc = self.check_rpc_arguments(api_name, procedure_name, kwargs)
-        timeout, timeout_source = _timeout(bus_options, self.config.api(api_name).rpc_timeout,
-                                           f"apis.{api_name}.rpc_timeout")
-        message = RpcMessage(api_name=api_name, procedure_name=procedure_name,
-                             kwargs=wire_kwargs(f"{api_name}.{procedure_name}()", kwargs,
-                                                rpc.parameters if rpc else ()))
-        state = await self.state()
-        rpc_transport: RpcTransport = await state.transport("rpc", api_name)
-        result_transport: ResultTransport = await state.transport("result", api_name)
-        message.return_path = result_transport.get_return_path(message)
-        token = about(message)  # what is logged until the result is in is about this call
-        try:
-            return await self._call(message, rpc, rpc_transport, result_transport, timeout,
-                                    timeout_source)
-        finally:
-            current_message.reset(token)
-
-    async def _call(self, message: RpcMessage, rpc: RpcDefinition | None,
-                    rpc_transport: RpcTransport, result_transport: ResultTransport,
-                    timeout: float, timeout_source: str) -> Any:
-        api_name, procedure_name = message.api_name, message.procedure_name
-        await self.hooks.before_rpc_call(self, message)
-        started = now()
-        logger.debug("calling %s.%s()", api_name, procedure_name)
-        try:
-            await rpc_transport.call_rpc(message, timeout=timeout)
-            try:
-                result = await result_transport.receive_result(message, message.return_path,
-                                                               timeout=timeout)
-            except RpcWorkerLost as lost:
-                result = await self._after_worker_lost(message, rpc_transport,
-                                                       result_transport, lost,
-                                                       timeout - (now() - started))
-        except RpcWorkerLost as lost:
-            await self.hooks.after_rpc_call(self, message, None, lost, now() - started)
-            raise
-        except (TimeoutError, asyncio.TimeoutError):
-            error: BaseException = RpcTimeout(
-                rpc_timeout_message(api_name, procedure_name, timeout, timeout_source))
-            await self.hooks.after_rpc_call(self, message, None, error, now() - started)
-            raise error from None
-        except BaseException as exc:
-            await self.hooks.after_rpc_call(self, message, None, exc, now() - started)
-            raise
-        if result.error:
-            error = remote_error(message, result)
-            logger.debug("%s.%s() raised %s remotely", api_name, procedure_name,
-                         error.remote_type)
-            await self.hooks.after_rpc_call(self, message, None, error, now() - started)
-            raise error
-        logger.debug("%s.%s() answered in %.1f ms", api_name, procedure_name,
-                     (now() - started) * 1000)
-        try:
-            await self.hooks.on_rpc_result_received(self, message, result.result)
-        except BaseException as exc:
-            await self.hooks.after_rpc_call(self, message, None, exc, now() - started)
-            raise
-        await self.hooks.after_rpc_call(self, message, result.result, None, now() - started)
-        if rpc is not None and rpc.return_type is not typing.Any:
-            try:
-                return from_wire(result.result, rpc.return_type)
-            except WireError as exc:
-                raise WireError(f"{message.canonical_name}() returned a bad value: {exc}") \
-                    from None
-        return result.result
-
-    async def _after_worker_lost(self, message: RpcMessage, rpc_transport: RpcTransport,
-                                 result_transport: ResultTransport, lost: RpcWorkerLost,
-                                 remaining: float) -> ResultMessage:
-        """The worker running `message` died. An idempotent call goes back on the queue
-        (same id, a fresh expiry for the time left) for another worker, as often as workers
-        die within its timeout; any other call fails now with RpcWorkerLost, never run
-        twice."""
-        where = f"{message.api_name}.{message.procedure_name}()"
-        deadline = now() + remaining
-        while True:
-            idempotent = lost.idempotent or self.is_idempotent(message.api_name,
-                                                               message.procedure_name)
-            if not idempotent:
-                raise RpcWorkerLost(
-                    f"{where}: the worker that took the call ({lost.worker or 'unknown'}) "
-                    "stopped before answering (it died, was killed, or gave up the call as "
-                    "it stopped). The call may have run in part or in full; it was not "
-                    f"retried because {where} is not declared idempotent "
-                    f"(@rpc(idempotent=True) or apis.{message.api_name}.idempotent_rpcs)",
-                    worker=lost.worker, idempotent=False) from None
-            if deadline - now() <= 0:
-                raise TimeoutError
-            logger.warning("%s: the worker running call %s (%s) stopped before answering; "
-                           "re-queued for another worker (the RPC is idempotent)", where,
-                           message.id, lost.worker or "unknown")
-            await rpc_transport.call_rpc(message, timeout=max(0.001, deadline - now()))
-            try:
-                return await result_transport.receive_result(
-                    message, message.return_path, timeout=max(0.0, deadline - now()))
-            except RpcWorkerLost as again:
-                lost = again
+        return await outgoing.call_rpc(self, api_name, procedure_name, kwargs, bus_options)
 
     def call_rpc(self, api_name: str, procedure_name: str, kwargs: dict[str, Any],
                  bus_options: dict[str, Any] | None = None) -> Any:
-        return self.run_sync(self.call_rpc_async(api_name, procedure_name, kwargs, bus_options))
+        return self.run_sync(outgoing.call_rpc(self, api_name, procedure_name, kwargs,
+                                               bus_options))
 
     # -- events ------------------------------------------------------------------------
 
     def event_message(self, api_name: str, event_name: str,
                       kwargs: dict[str, Any]) -> EventMessage:
-        """The event a fire sends: arguments checked against the registered API, defaults
-        filled in, values in wire form. Raises before anything is sent."""
-        event = self.event_definition(api_name, event_name, required=True)
-        assert event is not None
-        where = f"{api_name}.{event_name}"
-        check_arguments(where, event.parameters, False, kwargs)
-        values = {p.name: p.default for p in event.parameters if not p.required}
-        values.update(kwargs)
-        definition = self.apis[api_name].definition
-        return EventMessage(api_name=api_name, event_name=event_name,
-                            kwargs=wire_kwargs(where, values, event.parameters),
-                            version=definition.version)
+        """The event a fire of `api_name.event_name(**kwargs)` sends (checked, converted)."""
+        return outgoing.event_message(self, api_name, event_name, kwargs)
 
     async def fire_async(self, api_name: str, event_name: str, kwargs: dict[str, Any],
                          bus_options: dict[str, Any] | None = None) -> EventMessage:
-        message = self.event_message(api_name, event_name, kwargs)
+        message = outgoing.event_message(self, api_name, event_name, kwargs)
         taken = self.hooks.take_event(self, message)
-        if inspect.isawaitable(taken):
+        if taken is not None and inspect.isawaitable(taken):
             taken = await taken
         if not taken:
-            await self.send_event_async(message, bus_options)
+            await outgoing.send_event(self, message, bus_options)
         return message
 
     async def send_event_async(self, message: EventMessage,
                                bus_options: dict[str, Any] | None = None) -> None:
         """Send a built event to its event transport, with the fire hooks around it (what a
         fire does once no plugin took the event; an outbox relay calls it later)."""
-        state = await self.state()
-        transport: EventTransport = await state.transport("event", message.api_name)
-        token = about(message)  # what is logged while it is sent is about this event
-        try:
-            await self._fire(message, transport, message.canonical_name, bus_options)
-        finally:
-            current_message.reset(token)
-
-    async def _fire(self, message: EventMessage, transport: EventTransport, where: str,
-                    bus_options: dict[str, Any] | None) -> None:
-        api_name = message.api_name
-        await self.hooks.before_event_fire(self, message)
-        timeout, timeout_source = _timeout(bus_options,
-                                           self.config.api(api_name).event_fire_timeout,
-                                           f"apis.{api_name}.event_fire_timeout")
-        started = now()
-        try:
-            await _within(transport.send_event(message), timeout)
-        except (TimeoutError, asyncio.TimeoutError):
-            error = BusError(fire_timeout_message(where, timeout, timeout_source))
-            await self.hooks.after_event_fire(self, message, error, now() - started)
-            raise error from None
-        except BaseException as exc:
-            await self.hooks.after_event_fire(self, message, exc, now() - started)
-            raise
-        logger.debug("fired %s (native id %s)", where, message.native_id)
-        await self.hooks.after_event_fire(self, message, None, now() - started)
+        await outgoing.send_event(self, message, bus_options)
 
     def fire(self, api_name: str, event_name: str, kwargs: dict[str, Any],
              bus_options: dict[str, Any] | None = None) -> EventMessage:
-        message = self.event_message(api_name, event_name, kwargs)
+        message = outgoing.event_message(self, api_name, event_name, kwargs)
         taken = self.hooks.take_event(self, message)  # on the caller's thread (an outbox)
         if inspect.isawaitable(taken):
             if inspect.iscoroutine(taken):
@@ -839,7 +513,7 @@ class BusClient:
             raise BusError(f"firing {message.canonical_name}: a bus_take_event implementation "
                            "answered a sync fire() with an awaitable; use fire_async() there")
         if not taken:
-            self.run_sync(self.send_event_async(message, bus_options))
+            self.run_sync(outgoing.send_event(self, message, bus_options))
         return message
 
     # -- worker ------------------------------------------------------------------------
@@ -937,290 +611,4 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-if sys.version_info >= (3, 11):
-    async def _within(awaitable: Coroutine[Any, Any, T], seconds: float) -> T:
-        """Await with a time limit; asyncio.timeout makes no extra task, unlike wait_for."""
-        async with asyncio.timeout(seconds):
-            return await awaitable
-else:  # pragma: no cover - Python 3.10
-    async def _within(awaitable: Coroutine[Any, Any, T], seconds: float) -> T:
-        return await asyncio.wait_for(awaitable, seconds)
-
-
-def rpc_timeout_message(api_name: str, procedure_name: str, seconds: float,
-                        source: str) -> str:
-    return (f"{api_name}.{procedure_name}() got no result within {seconds:g}s ({source}): no "
-            f"worker serving API {api_name!r} answered in time (none running, all busy, or "
-            "the RPC is slower than that)")
-
-
-def fire_timeout_message(where: str, seconds: float, source: str) -> str:
-    """A fire that timed out may have reached the transport all the same (a slow Redis
-    writes it late): say so, so nobody re-fires blindly."""
-    return (f"firing {where} was not confirmed by the event transport within {seconds:g}s "
-            f"({source}); it may still have been written and delivered, so firing it again "
-            "may deliver it twice")
-
-
-def _timeout(bus_options: dict[str, Any] | None, default: float, setting: str
-             ) -> tuple[float, str]:
-    """The timeout to use, and where it came from (for error messages)."""
-    if bus_options is not None:
-        if not isinstance(bus_options, dict):
-            raise InvalidArguments(f"bus_options must be a dict such as {{'timeout': 2}}, got "
-                                   f"{bus_options!r}")
-        unknown = sorted(set(bus_options) - set(_BUS_OPTIONS))
-        if unknown:
-            raise InvalidArguments(f"unknown bus_options {', '.join(map(repr, unknown))}; "
-                                   f"known: {', '.join(_BUS_OPTIONS)}")
-    if bus_options and bus_options.get("timeout") is not None:
-        value = bus_options["timeout"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value <= 0:
-            raise InvalidArguments(f"bus_options timeout must be a positive number of "
-                                   f"seconds, got {value!r}")
-        return float(value), "bus_options timeout"
-    return float(default), setting
-
-
-def check_arguments(where: str, parameters: Sequence[Any], accepts_extra: bool,
-                    kwargs: dict[str, Any]) -> None:
-    names = [p.name for p in parameters]
-    if not accepts_extra:
-        unknown = [k for k in kwargs if k not in names]
-        if unknown:
-            raise InvalidArguments(
-                f"{where} got unknown parameter(s) {', '.join(map(repr, unknown))}; "
-                f"it takes: {', '.join(names) or 'no parameters'}"
-            )
-    missing = [p.name for p in parameters if p.required and p.name not in kwargs]
-    if missing:
-        raise InvalidArguments(
-            f"{where} is missing required parameter(s) {', '.join(map(repr, missing))}"
-        )
-
-
-def wire_kwargs(where: str, kwargs: dict[str, Any],
-                parameters: Sequence[Any] = ()) -> dict[str, Any]:
-    """Wire forms of `kwargs`; with the declared `parameters`, each value is also checked
-    against its declared type here, before sending, rather than refused by the receiver."""
-    out = {}
-    declared = {p.name: p.type for p in parameters if p.type is not typing.Any}
-    for key, value in kwargs.items():
-        try:
-            out[key] = wire = to_wire(value)
-            hint = declared.get(key)
-            if hint is not None:
-                from_wire(wire, hint)
-        except WireError as exc:
-            raise InvalidArguments(f"{where} parameter {key!r}: {exc}") from None
-        except RecursionError:
-            raise InvalidArguments(f"{where} parameter {key!r} nests too deeply to send (or "
-                                   "contains itself)") from None
-    return out
-
-
-def cast_kwargs(where: str, kwargs: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:
-    """Cast received wire values to the receiving function's hints; name the parameter on
-    failure."""
-    if not hints:
-        return kwargs
-    out = {}
-    for key, value in kwargs.items():
-        hint = hints.get(key)
-        if hint is None:
-            out[key] = value
-            continue
-        try:
-            out[key] = from_wire(value, hint)
-        except WireError as exc:
-            raise WireError(f"{where} parameter {key!r}: {exc}") from None
-    return out
-
-
-def error_result(message: RpcMessage, error: BaseException, *,
-                 with_traceback: bool = True) -> ResultMessage:
-    """A Lightbus-compatible error result: `repr(error)` plus the formatted traceback, or
-    (`bus.send_tracebacks: false`) only its last line, the type and message, so no path or
-    source line of the worker reaches the caller."""
-    if with_traceback:
-        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    else:
-        trace = "".join(traceback.format_exception_only(type(error), error))
-    return ResultMessage(rpc_message_id=message.id, result=repr(error), error=True, trace=trace)
-
-
-def remote_error(message: RpcMessage, result: ResultMessage) -> RemoteError:
-    trace = result.trace or ""
-    last = trace.rstrip().rsplit("\n", 1)[-1] if trace else ""
-    remote_type, sep, remote_message = last.partition(": ")
-    if not sep or " " in remote_type.strip():
-        remote_type, remote_message = _parse_repr(str(result.result))
-    remote_type = remote_type.strip().rsplit(".", 1)[-1]  # "pkg.errors.Denied" -> "Denied"
-    return RemoteError(message.api_name, message.procedure_name, remote_type, remote_message,
-                       trace)
-
-
-def _parse_repr(text: str) -> tuple[str, str]:
-    name, sep, rest = text.partition("(")
-    if sep and rest.endswith(")") and name.replace(".", "").replace("_", "").isalnum():
-        inner = rest[:-1]
-        if len(inner) >= 2 and inner[0] == inner[-1] and inner[0] in "'\"":
-            inner = inner[1:-1]
-        return name, inner
-    return "Exception", text
-
-
-# -- paths -----------------------------------------------------------------------------------
-
-
-def _api_names(client: BusClient) -> set[str]:
-    return {*client.apis, *client.described}
-
-
-def _signature(name: str, parameters: Sequence[Parameter]) -> str:
-    shown = [p.name if p.required else f"{p.name}={p.default!r}" for p in parameters]
-    return f"{name}({', '.join(shown)})"
-
-
-class BusPath:
-    """`bus.auth.check_password`: an API, RPC or event by name, resolved when used."""
-
-    __slots__ = ("_client", "_parts")
-
-    def __init__(self, client: BusClient, parts: tuple[str, ...]) -> None:
-        self._client = client
-        self._parts = parts
-
-    def __getattr__(self, name: str) -> BusPath:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return BusPath(self._client, (*self._parts, name))
-
-    def __repr__(self) -> str:
-        return f"<BusPath {self.describe()}>"
-
-    def __dir__(self) -> list[str]:
-        """What can follow this path: an API's RPCs and events, a namespace's APIs, an RPC's
-        or event's methods (all methods when the path is unknown). Completion uses it."""
-        definition = self._client.known_definition(".".join(self._parts))
-        members = {*definition.rpcs, *definition.events} if definition else set()
-        prefix = ".".join(self._parts) + "."
-        children = {n[len(prefix):].split(".")[0] for n in _api_names(self._client)
-                    if n.startswith(prefix)}
-        if members or children:
-            return sorted(members | children)
-        parent = self._client.known_definition(".".join(self._parts[:-1]))
-        if parent is not None and self._parts[-1] in parent.rpcs:
-            return ["call_async", "describe"]
-        if parent is not None and self._parts[-1] in parent.events:
-            return ["describe", "fire", "fire_async", "listen", "listen_async"]
-        return ["call_async", "describe", "fire", "fire_async", "listen", "listen_async"]
-
-    def describe(self) -> str:
-        """What this path names, with parameters where the API is known (`bus shell` shows
-        it as the path's repr)."""
-        name = ".".join(self._parts)
-        api = self._client.known_definition(name)
-        if api is not None:
-            rpcs = ", ".join(_signature(r.name, r.parameters) for r in api.rpcs.values())
-            events = ", ".join(_signature(e.name, e.parameters) for e in api.events.values())
-            return f"API {name}: RPCs {rpcs or '(none)'}; events {events or '(none)'}"
-        parent = self._client.known_definition(".".join(self._parts[:-1]))
-        member = self._parts[-1]
-        if parent is not None and member in parent.rpcs:
-            return f"RPC {parent.name}.{_signature(member, parent.rpcs[member].parameters)}"
-        if parent is not None and member in parent.events:
-            return f"event {parent.name}.{_signature(member, parent.events[member].parameters)}"
-        return name
-
-    @property
-    def api_name(self) -> str:
-        if len(self._parts) < 2:
-            raise InvalidArguments(
-                f"bus.{self._parts[0]} is an API; name an RPC or event on it, e.g. "
-                f"bus.{self._parts[0]}.<name>"
-            )
-        return ".".join(self._parts[:-1])
-
-    @property
-    def member_name(self) -> str:
-        return self._parts[-1]
-
-    def _split(self, args: tuple[Any, ...], kwargs: dict[str, Any], verb: str
-               ) -> tuple[str, str, dict[str, Any], dict[str, Any] | None]:
-        api_name, name = self.api_name, self.member_name
-        bus_options = kwargs.pop("bus_options", None)
-        if args:
-            raise InvalidArguments(self._keyword_hint(api_name, name, verb, len(args)))
-        return api_name, name, kwargs, bus_options
-
-    def _keyword_hint(self, api_name: str, name: str, verb: str, count: int) -> str:
-        definition = self._client.known_definition(api_name)
-        params: Sequence[Any] = ()
-        if definition is not None:
-            member = definition.rpcs.get(name) or definition.events.get(name)
-            params = member.parameters if member else ()
-        shown = ", ".join(f"{p.name}=..." for p in params) or "name=value, ..."
-        call = f"bus.{api_name}.{name}" + ("" if verb == "call" else f".{verb}")
-        return (f"{call}() takes keyword arguments only ({count} positional given); "
-                f"call it as {call}({shown})")
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        api_name, name, kwargs, options = self._split(args, kwargs, "call")
-        return self._client.call_rpc(api_name, name, kwargs, options)
-
-    async def call_async(self, *args: Any, **kwargs: Any) -> Any:
-        api_name, name, kwargs, options = self._split(args, kwargs, "call_async")
-        return await self._client.call_rpc_async(api_name, name, kwargs, options)
-
-    def fire(self, *args: Any, **kwargs: Any) -> EventMessage:
-        api_name, name, kwargs, options = self._split(args, kwargs, "fire")
-        return self._client.fire(api_name, name, kwargs, options)
-
-    async def fire_async(self, *args: Any, **kwargs: Any) -> EventMessage:
-        api_name, name, kwargs, options = self._split(args, kwargs, "fire_async")
-        return await self._client.fire_async(api_name, name, kwargs, options)
-
-    def listen(self, handler: Callable[..., Any], *, listener_name: str,
-               since: str | datetime | None = None, on_error: str | None = None,
-               max_concurrency: int | None = None, ordered: bool | None = None,
-               transactional: bool = False) -> Listener:
-        return self._client.listen(self, handler, listener_name=listener_name, since=since,
-                                   on_error=on_error, max_concurrency=max_concurrency,
-                                   ordered=ordered, transactional=transactional)
-
-    async def listen_async(self, handler: Callable[..., Any], *, listener_name: str,
-                           since: str | datetime | None = None, on_error: str | None = None,
-                           max_concurrency: int | None = None, ordered: bool | None = None,
-                           transactional: bool = False) -> Listener:
-        return await self._client.listen_async(
-            self, handler, listener_name=listener_name, since=since, on_error=on_error,
-            max_concurrency=max_concurrency, ordered=ordered, transactional=transactional)
-
-
-class Bus:
-    """What `bus_core.create()` returns: `bus.client`, and `bus.<api>.<name>` paths."""
-
-    def __init__(self, client: BusClient) -> None:
-        self.client = client
-
-    def __getattr__(self, name: str) -> BusPath:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return BusPath(self.client, (name,))
-
-    def __dir__(self) -> list[str]:
-        return sorted({"client", *(name.split(".")[0] for name in _api_names(self.client))})
-
-    def __repr__(self) -> str:
-        return f"<Bus {self.client!r}>"
-
-    def close(self) -> None:
-        self.client.close()
-
-    def __enter__(self) -> Bus:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.client.close()
+from bus_core.paths import Bus, BusPath  # noqa: E402  (re-exported: bus_core.client.Bus)

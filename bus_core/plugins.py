@@ -31,7 +31,8 @@ from bus_core.transports import TRANSPORT_KINDS, Serializer
 
 if TYPE_CHECKING:
     from bus_core.api import ApiDefinition
-    from bus_core.client import BusClient, Listener
+    from bus_core.client import BusClient
+    from bus_core.listeners import Listener
     from bus_core.messages import EventMessage, RpcMessage
     from bus_core.transports import EventDelivery
     from bus_core.worker import Worker

@@ -279,6 +279,10 @@ class EventConsumer(abc.ABC):
 class EventTransport(Transport):
     """Carries events from the API that fires them to every listener."""
 
+    # False for a transport whose send_event never waits on I/O (the memory transport): the
+    # client then spares it the per-fire timer of `apis.<api>.event_fire_timeout`.
+    send_may_block: bool = True
+
     @abc.abstractmethod
     async def send_event(self, message: EventMessage) -> None:
         """Publish `message`; set `message.native_id` (and `time`) when the backend has one."""

@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from bus_core.client import cast_kwargs, check_arguments, error_result, next_cron_time
 from bus_core.errors import (
     InvalidMessage,
     MalformedMessage,
@@ -29,13 +28,17 @@ from bus_core.errors import (
     WireError,
 )
 from bus_core.logs import Throttle, about, detached, message_fields
+from bus_core.message_path import error_result
 from bus_core.messages import EventMessage, ResultMessage, RpcMessage
 from bus_core.plugins import now
+from bus_core.scheduling import next_cron_time
 from bus_core.transports import EventConsumer, EventDelivery, MalformedRpc, RpcConsumer
 from bus_core.values import to_wire
 
 if TYPE_CHECKING:
-    from bus_core.client import BusClient, Listener, ScheduledTask
+    from bus_core.client import BusClient
+    from bus_core.listeners import Listener
+    from bus_core.scheduling import ScheduledTask
 
 logger = logging.getLogger("bus.worker")
 _RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
@@ -440,11 +443,10 @@ class Worker:
                     raise UnknownApi(f"this worker does not serve API {message.api_name!r}")
                 raise UnknownRpc(f"API {message.api_name!r} has no RPC "
                                  f"{message.procedure_name!r}")
-            function, is_async, rpc, hints = procedure
             await client.hooks.before_rpc_execution(client, message)
-            check_arguments(where, rpc.parameters, rpc.accepts_extra, message.kwargs)
-            kwargs = cast_kwargs(where, message.kwargs, hints)
-            result = to_wire(await client.call_user_code(function, is_async, **kwargs))
+            kwargs = procedure.arguments(where, message.kwargs)
+            result = to_wire(await client.call_user_code(procedure.function,
+                                                         procedure.is_async, **kwargs))
             await client.hooks.before_rpc_result_sent(client, message, result)
         except Exception as exc:
             error = exc
@@ -543,18 +545,6 @@ class Worker:
         await self.client.hooks.on_undeclared_parameters(self.client, message, listener.name,
                                                           extra)
 
-    def _handler_kwargs(self, listener: Listener, message: EventMessage) -> dict[str, Any]:
-        kwargs = message.kwargs
-        if not listener.accepts_extra:
-            kwargs = {k: v for k, v in kwargs.items() if k in listener.parameter_names}
-        missing = listener.required.difference(kwargs)
-        if missing:
-            raise WireError(
-                f"event {message.canonical_name} lacks parameter(s) "
-                f"{', '.join(sorted(missing))} that listener {listener.name!r} requires"
-            )
-        return cast_kwargs(message.canonical_name, kwargs, listener.hints)
-
     async def _handle_event(self, listener: Listener, consumer: EventConsumer, acker: _Acker,
                             delivery: EventDelivery) -> None:
         client = self.client
@@ -577,7 +567,8 @@ class Worker:
                 await self._undeclared(listener, message, declared)
             await client.hooks.before_event_handling(client, message, listener.name,
                                                      delivery.delivery_count)
-            kwargs = self._handler_kwargs(listener, message)
+            kwargs = listener.arguments.select(message.canonical_name, listener.name,
+                                               message.kwargs)
             await client.call_user_code(listener.handler, listener.is_async, message, **kwargs)
         except Exception as exc:
             error = exc

@@ -42,6 +42,7 @@ from bus_core.transports import (
     decode_call,
 )
 from bus_memory.broker import ConsumerGroup, MemoryBroker, Stream, get_broker
+from bus_memory.dead_letters import MemoryDeadLetters, replayed_elsewhere
 
 RETURN_PATH_PREFIX = "memory://"
 logger = logging.getLogger("bus.memory")
@@ -199,8 +200,10 @@ class MemoryResultTransport(_MemoryTransport, ResultTransport):
                 broker.forget_result_waiter(key, waiter)
 
 
-class MemoryEventTransport(_MemoryTransport, EventTransport):
+class MemoryEventTransport(MemoryDeadLetters, _MemoryTransport, EventTransport):
     """One stream per event; a consumer group per listener name, as on Redis Streams."""
+
+    send_may_block = False  # appending to an in-process stream never waits
 
     def __init__(self, *, broker: str = "default", batch_size: int = 32,
                  max_stream_length: int | None = 100_000, **kwargs: Any) -> None:
@@ -333,7 +336,8 @@ class MemoryEventConsumer(EventConsumer):
                     waiters = [stream.waiters.add() for stream, _ in self.subscriptions]
             deliveries = []
             for stream, offset, data, count in found:
-                if data is None:  # trimmed away while pending: nothing left to handle
+                if data is None or replayed_elsewhere(  # trimmed away, or not this group's
+                        self.transport, data, self._by_stream[stream.name][1].name):
                     broker.acknowledge(self._by_stream[stream.name][1], [offset])
                     continue
                 deliveries.append(self.transport.decode(stream, offset, data, count))

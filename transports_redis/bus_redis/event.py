@@ -45,6 +45,7 @@ from bus_core.transports import (
 )
 from bus_redis.base import OPTIONS_SCHEMA, Batcher, Probe, RedisTransport, Scripts
 from bus_redis.connection import BlockingClient, redact, redis_call
+from bus_redis.dead_letters import RedisDeadLetters, replay_for_other_group
 
 logger = logging.getLogger("bus.redis.event")
 METADATA_FIELDS = ("id", "api_name", "event_name", "version")
@@ -144,7 +145,7 @@ def datetime_from_stream_id(stream_id: str) -> datetime | None:
         return None
 
 
-class RedisEventTransport(RedisTransport, EventTransport):
+class RedisEventTransport(RedisDeadLetters, RedisTransport, EventTransport):
     def __init__(self, *, stream_use: str = "per_api", max_stream_length: int | None = 100_000,
                  batch_size: int = 100, blocking_timeout: float = 5.0, claim_idle: float = 60.0,
                  reclaim_interval: float | None = None, dead_letter_suffix: str = ":dead",
@@ -700,6 +701,8 @@ class RedisEventConsumer(EventConsumer):
         are not valid is nobody's event: every listener dead-letters it."""
         if not fields:
             return False
+        if b"" in fields and replay_for_other_group(fields, self.group):
+            return True
         api, event = fields.get(b"api_name"), fields.get(b"event_name")
         if api is None or event is None:
             return False

@@ -1,0 +1,188 @@
+"""What a client sends: RPC calls (and waiting for their results) and events.
+
+Both paths run per message, so what can be worked out once is: the compiled argument plans
+live on the client (`BusClient.outgoing_call` / `outgoing_event`), the transports on the
+loop's state, and a hook nobody implements costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import typing
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from bus_core.errors import BusError, RpcTimeout, RpcWorkerLost, WireError
+from bus_core.logs import about, current_message
+from bus_core.message_path import (
+    fire_timeout_message,
+    remote_error,
+    rpc_timeout_message,
+    timeout_for,
+)
+from bus_core.messages import EventMessage, ResultMessage, RpcMessage
+from bus_core.plugins import now
+from bus_core.values import from_wire
+
+if TYPE_CHECKING:
+    from bus_core.client import BusClient
+    from bus_core.transports import EventTransport, ResultTransport, RpcTransport
+
+T = TypeVar("T")
+logger = logging.getLogger("bus.client")
+
+
+async def call_rpc(client: BusClient, api_name: str, procedure_name: str,
+                   kwargs: dict[str, Any], bus_options: dict[str, Any] | None) -> Any:
+    """Call `api_name.procedure_name(**kwargs)` and return its result (cast to the declared
+    return type when the API is registered here); raise what the call raised remotely."""
+    outgoing = client.outgoing_call(api_name, procedure_name)
+    api_config = client.config.api(api_name)
+    timeout, timeout_source = timeout_for(bus_options, api_config.rpc_timeout,
+                                          f"apis.{api_name}.rpc_timeout")
+    message = RpcMessage(api_name=api_name, procedure_name=procedure_name,
+                         kwargs=outgoing.wire(kwargs))
+    state = await client.state()
+    rpc_transport: RpcTransport = await state.transport("rpc", api_name)
+    result_transport: ResultTransport = await state.transport("result", api_name)
+    message.return_path = result_transport.get_return_path(message)
+    token = about(message)  # what is logged until the result is in is about this call
+    try:
+        result = await _call(client, message, rpc_transport, result_transport, timeout,
+                             timeout_source)
+    finally:
+        current_message.reset(token)
+    rpc = outgoing.rpc
+    if rpc is not None and rpc.return_type is not typing.Any:
+        try:
+            return from_wire(result, rpc.return_type)
+        except WireError as exc:
+            raise WireError(f"{message.canonical_name}() returned a bad value: {exc}") \
+                from None
+    return result
+
+
+async def _call(client: BusClient, message: RpcMessage, rpc_transport: RpcTransport,
+                result_transport: ResultTransport, timeout: float, timeout_source: str) -> Any:
+    hooks = client.hooks
+    await hooks.before_rpc_call(client, message)
+    started = now()
+    logger.debug("calling %s()", message.canonical_name)
+    try:
+        await rpc_transport.call_rpc(message, timeout=timeout)
+        try:
+            result = await result_transport.receive_result(message, message.return_path,
+                                                           timeout=timeout)
+        except RpcWorkerLost as lost:
+            result = await _after_worker_lost(client, message, rpc_transport,
+                                              result_transport, lost,
+                                              timeout - (now() - started))
+    except RpcWorkerLost as lost:
+        await hooks.after_rpc_call(client, message, None, lost, now() - started)
+        raise
+    except (TimeoutError, asyncio.TimeoutError):
+        error: BaseException = RpcTimeout(rpc_timeout_message(
+            message.api_name, message.procedure_name, timeout, timeout_source))
+        await hooks.after_rpc_call(client, message, None, error, now() - started)
+        raise error from None
+    except BaseException as exc:
+        await hooks.after_rpc_call(client, message, None, exc, now() - started)
+        raise
+    if result.error:
+        error = remote_error(message, result)
+        logger.debug("%s() raised %s remotely", message.canonical_name, error.remote_type)
+        await hooks.after_rpc_call(client, message, None, error, now() - started)
+        raise error
+    logger.debug("%s() answered in %.1f ms", message.canonical_name, (now() - started) * 1000)
+    try:
+        await hooks.on_rpc_result_received(client, message, result.result)
+    except BaseException as exc:
+        await hooks.after_rpc_call(client, message, None, exc, now() - started)
+        raise
+    await hooks.after_rpc_call(client, message, result.result, None, now() - started)
+    return result.result
+
+
+async def _after_worker_lost(client: BusClient, message: RpcMessage,
+                             rpc_transport: RpcTransport, result_transport: ResultTransport,
+                             lost: RpcWorkerLost, remaining: float) -> ResultMessage:
+    """The worker running `message` died. An idempotent call goes back on the queue (same
+    id, a fresh expiry for the time left) for another worker, as often as workers die
+    within its timeout; any other call fails now with RpcWorkerLost, never run twice."""
+    where = f"{message.api_name}.{message.procedure_name}()"
+    deadline = now() + remaining
+    while True:
+        idempotent = lost.idempotent or client.is_idempotent(message.api_name,
+                                                             message.procedure_name)
+        if not idempotent:
+            raise RpcWorkerLost(
+                f"{where}: the worker that took the call ({lost.worker or 'unknown'}) "
+                "stopped before answering (it died, was killed, or gave up the call as "
+                "it stopped). The call may have run in part or in full; it was not "
+                f"retried because {where} is not declared idempotent "
+                f"(@rpc(idempotent=True) or apis.{message.api_name}.idempotent_rpcs)",
+                worker=lost.worker, idempotent=False) from None
+        if deadline - now() <= 0:
+            raise TimeoutError
+        logger.warning("%s: the worker running call %s (%s) stopped before answering; "
+                       "re-queued for another worker (the RPC is idempotent)", where,
+                       message.id, lost.worker or "unknown")
+        await rpc_transport.call_rpc(message, timeout=max(0.001, deadline - now()))
+        try:
+            return await result_transport.receive_result(
+                message, message.return_path, timeout=max(0.0, deadline - now()))
+        except RpcWorkerLost as again:
+            lost = again
+
+
+def event_message(client: BusClient, api_name: str, event_name: str,
+                  kwargs: dict[str, Any]) -> EventMessage:
+    """The event a fire sends: arguments checked against the registered API, defaults
+    filled in, values in wire form. Raises before anything is sent."""
+    outgoing = client.outgoing_event(api_name, event_name)
+    return EventMessage(api_name=api_name, event_name=event_name,
+                        kwargs=outgoing.wire(kwargs), version=outgoing.version)
+
+
+async def send_event(client: BusClient, message: EventMessage,
+                     bus_options: dict[str, Any] | None) -> None:
+    """Send a built event to its event transport with the fire hooks around it, within
+    `apis.<api>.event_fire_timeout` (or `bus_options`)."""
+    state = await client.state()
+    transport: EventTransport = await state.transport("event", message.api_name)
+    token = about(message)  # what is logged while it is sent is about this event
+    try:
+        hooks = client.hooks
+        await hooks.before_event_fire(client, message)
+        api_config = client.config.api(message.api_name)
+        timeout, source = timeout_for(bus_options, api_config.event_fire_timeout,
+                                      f"apis.{message.api_name}.event_fire_timeout")
+        started = now()
+        try:
+            if transport.send_may_block:
+                await _within(transport.send_event(message), timeout)
+            else:
+                await transport.send_event(message)
+        except (TimeoutError, asyncio.TimeoutError):
+            error = BusError(fire_timeout_message(message.canonical_name, timeout, source))
+            await hooks.after_event_fire(client, message, error, now() - started)
+            raise error from None
+        except BaseException as exc:
+            await hooks.after_event_fire(client, message, exc, now() - started)
+            raise
+        logger.debug("fired %s (native id %s)", message.canonical_name, message.native_id)
+        await hooks.after_event_fire(client, message, None, now() - started)
+    finally:
+        current_message.reset(token)
+
+
+if sys.version_info >= (3, 11):
+    async def _within(awaitable: Coroutine[Any, Any, T], seconds: float) -> T:
+        """Await with a time limit; asyncio.timeout makes no extra task, unlike wait_for."""
+        async with asyncio.timeout(seconds):
+            return await awaitable
+else:  # pragma: no cover - Python 3.10
+    async def _within(awaitable: Coroutine[Any, Any, T], seconds: float) -> T:
+        return await asyncio.wait_for(awaitable, seconds)
