@@ -1,0 +1,135 @@
+"""The compiled message path says and does exactly what the general one does: for every
+declared type and every kind of value, the plan a fire or call uses gives the same wire
+form (or the same error) as checking each value in full, and a listener's plan casts as the
+general cast does."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import itertools
+import math
+import typing
+import uuid
+from decimal import Decimal
+from typing import Any, Literal
+
+import pytest
+
+from bus_core import Parameter
+from bus_core.api import MISSING
+from bus_core.errors import InvalidArguments, WireError
+from bus_core.message_path import (
+    HandlerArguments,
+    OutgoingCall,
+    OutgoingEvent,
+    ServedRpc,
+    cast_kwargs,
+    check_arguments,
+    passing_types,
+    wire_kwargs,
+)
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+HINTS: list[Any] = [Any, object, str, int, float, bool, str | None, int | None,
+                    float | None, str | int, Literal["a", "b"], list[int], dict[str, int],
+                    dt.datetime, uuid.UUID, Decimal, Colour, bytes]
+VALUES: list[Any] = ["a", "", "b", 0, 7, -1, True, False, 1.5, 0.0, math.inf, math.nan, None,
+                     [1, 2], {"k": 1}, dt.datetime(2026, 1, 1), uuid.UUID(int=1),
+                     Decimal("1.5"), Colour.RED, b"x", object()]
+
+
+def _outcome(run: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        return "ok", run(*args)
+    except (InvalidArguments, WireError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+class _Event:
+    def __init__(self, parameters: tuple[Parameter, ...]) -> None:
+        self.name = "happened"
+        self.parameters = parameters
+
+
+@pytest.mark.parametrize("hint", HINTS, ids=str)
+def test_a_fire_converts_and_refuses_every_value_as_the_general_path(hint: Any) -> None:
+    parameters = (Parameter("value", hint), Parameter("note", str, "none"))
+    outgoing = OutgoingEvent("api", _Event(parameters), 1)
+    for value in VALUES:
+        compiled = _outcome(outgoing.wire, {"value": value})
+        general = _outcome(wire_kwargs, "api.happened", {"note": "none", "value": value},
+                           parameters)
+        assert compiled == general, (hint, value)
+
+
+@pytest.mark.parametrize("hint", HINTS, ids=str)
+def test_a_listener_casts_every_value_as_the_general_cast(hint: Any) -> None:
+    arguments = HandlerArguments({"value": hint}, frozenset({"value"}), frozenset({"value"}),
+                                 False)
+    for value in VALUES:
+        compiled = _outcome(arguments.select, "api.happened", "l", {"value": value})
+        general = _outcome(cast_kwargs, "api.happened", {"value": value}, {"value": hint})
+        assert repr(compiled) == repr(general), (hint, value)  # repr: NaN is not NaN
+        if compiled[0] == "ok":
+            assert type(compiled[1]["value"]) is type(general[1]["value"])
+
+
+class _Rpc:
+    def __init__(self, parameters: tuple[Parameter, ...], accepts_extra: bool) -> None:
+        self.parameters = parameters
+        self.accepts_extra = accepts_extra
+
+
+SHAPES = [{}, {"a": 1}, {"b": "x"}, {"a": 1, "b": "x"}, {"a": 1, "c": 2},
+          {"a": 1, "b": "x", "c": 2}, {"c": 2}]
+
+
+@pytest.mark.parametrize("accepts_extra", [False, True])
+def test_every_shape_of_arguments_is_judged_as_the_general_check(accepts_extra: bool) -> None:
+    parameters = (Parameter("a", int), Parameter("b", str, "default"))
+    rpc = _Rpc(parameters, accepts_extra)
+    call = OutgoingCall("api", "run", rpc)
+    served = ServedRpc(print, False, rpc, {"a": int, "b": str})
+    for kwargs in SHAPES:
+        general = _outcome(check_arguments, "api.run()", parameters, accepts_extra, kwargs)
+        assert _outcome(call.wire, kwargs)[0] == general[0], kwargs
+        if general[0] != "ok":
+            assert _outcome(call.wire, kwargs) == general
+            assert _outcome(served.arguments, "api.run()", kwargs) == general
+        else:
+            assert served.arguments("api.run()", dict(kwargs)) == kwargs
+
+
+def test_a_handler_gets_only_the_parameters_it_names_and_is_told_what_is_missing() -> None:
+    arguments = HandlerArguments({"n": int}, frozenset({"n", "m"}), frozenset({"n"}), False)
+    assert arguments.select("api.e", "l", {"n": 1, "extra": 2}) == {"n": 1}
+    with pytest.raises(WireError, match="lacks parameter\\(s\\) n that listener 'l'"):
+        arguments.select("api.e", "l", {"m": 1})
+    taking_all = HandlerArguments({}, frozenset(), frozenset(), True)
+    assert taking_all.select("api.e", "l", {"x": 1}) == {"x": 1}
+
+
+def test_only_exact_and_optional_exact_hints_skip_the_check() -> None:
+    assert passing_types(typing.Any) is None and passing_types(object) is None
+    assert passing_types(str) == {str}
+    assert passing_types(int | None) == {int, type(None)}
+    for hint in (Literal["a"], list[int], dt.datetime, Colour, str | list[int]):
+        assert passing_types(hint) == frozenset(), hint
+
+
+def test_defaults_are_filled_in_and_converted_like_given_values() -> None:
+    when = dt.datetime(2026, 1, 1)
+    parameters = (Parameter("a", int), Parameter("at", dt.datetime, when),
+                  Parameter("tag", str, MISSING))
+    outgoing = OutgoingEvent("api", _Event(parameters), 3)
+    assert outgoing.wire({"a": 1, "tag": "t"}) == {"at": when.isoformat(), "a": 1, "tag": "t"}
+    assert outgoing.version == 3
+    for combination in itertools.product([1, "x"], ["t", 2]):
+        kwargs = dict(zip(("a", "tag"), combination, strict=True))
+        assert _outcome(outgoing.wire, kwargs) == _outcome(
+            wire_kwargs, "api.happened", {"at": when, **kwargs}, parameters)
