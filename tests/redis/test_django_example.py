@@ -20,6 +20,8 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.core.test_cli import Running
+from tests.outbox.conftest import postgres as postgres  # a fixture, used by name
+from tests.outbox.postgres import PostgresServer
 from tests.redis.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -193,3 +195,84 @@ def test_preload_forks_before_the_client_connects(env, accounts_worker, tmp_path
     finally:
         code = stop(server.process)
     assert code == 0, server.output()
+
+
+# -- transactional events: the orders app on PostgreSQL with the outbox (outbox.yaml) ------
+
+
+@pytest.fixture
+def database_url(postgres: PostgresServer) -> Iterator[str]:
+    """A fresh database for Django's tables and the outbox, dropped afterwards."""
+    import psycopg
+
+    name = f"shop_{os.getpid()}_{time.monotonic_ns()}"
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    yield postgres.dsn(name)
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+@pytest.fixture
+def outbox_env(env: dict[str, str], database_url: str) -> dict[str, str]:
+    env = {**env, "BUS_CONFIG": "outbox.yaml", "DATABASE_URL": database_url,
+           "BUS_LOG_LEVEL": "INFO"}
+    migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--no-input"],
+                             cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=120)
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    return env
+
+
+def test_an_order_and_its_event_commit_together_and_the_listener_ships_once(
+        outbox_env, postgres, tmp_path):
+    import psycopg
+
+    worker = Running(["run", "--bus", "orders.listeners"], cwd=EXAMPLE, env=outbox_env)
+    server = Gunicorn(outbox_env, tmp_path / "gunicorn.log")
+    try:
+        worker.wait_for("listeners [ship_order]")
+        worker.wait_for("relaying public.bus_outbox")  # it made the tables and relays
+        server.wait_until_up()
+        status, body = http("POST", f"{server.url}/orders/", {"item": "tea", "quantity": "2"})
+        assert status == 201, body
+        order_id, event_id = body["order"]["id"], body["event_id"]
+
+        # A late failure inside the transaction: no order row, no event.
+        status, body = http("POST", f"{server.url}/orders/", {"item": "tea", "quantity": "500"})
+        assert (status, body["error"]) == (400, "bad_request"), body
+
+        def shipment(number: int) -> Any:
+            found = http("GET", f"{server.url}/orders/{number}/")[1].get("shipment")
+            return found
+
+        deadline = time.monotonic() + 15
+        while shipment(order_id) is None:
+            assert time.monotonic() < deadline, worker.seen
+            time.sleep(0.05)
+        assert shipment(order_id) == {"event_id": event_id}
+
+        with psycopg.connect(outbox_env["DATABASE_URL"]) as conn:
+            rows = conn.execute("SELECT message_id, sent_at IS NOT NULL FROM bus_outbox"
+                                ).fetchall()
+            assert rows == [(event_id, True)]  # the rolled-back order wrote nothing
+            assert conn.execute("SELECT count(*) FROM orders_order").fetchone() == (1,)
+            # A relay crash after publishing, before marking: published again, same id ...
+            conn.execute("UPDATE bus_outbox SET sent_at = NULL")
+            conn.commit()
+            deadline = time.monotonic() + 15
+            while conn.execute("SELECT count(*) FROM bus_outbox WHERE sent_at IS NULL"
+                               ).fetchone() != (0,):
+                assert time.monotonic() < deadline
+                conn.commit()
+                time.sleep(0.05)
+            conn.commit()
+            # ... and the inbox applies it once: still one shipment.
+            assert conn.execute("SELECT count(*) FROM orders_shipment").fetchone() == (1,)
+            assert conn.execute("SELECT listener_name, message_id FROM bus_inbox").fetchall() \
+                == [("ship_order", event_id)]
+    finally:
+        code = stop(server.process)
+        assert stop(worker.process) == 0, "\n".join(worker.seen)
+    output = server.output() + "\n".join(worker.seen)
+    assert code == 0, output
+    assert postgres.password not in output

@@ -14,6 +14,7 @@ import os
 import threading
 
 from services.accounts_api import AccountsApi
+from services.orders_api import OrdersApi
 
 import bus_core
 from bus_core import Bus
@@ -41,6 +42,9 @@ def get_bus() -> Bus:
             # Registered to fire accounts.user_signed_up and to check arguments before
             # sending; this process runs no worker, so it serves no RPCs.
             _bus.client.register_api(AccountsApi())
+            # To fire orders.order_placed (orders/views.py); with outbox.yaml a fire inside
+            # transaction.atomic() goes to the outbox in that transaction.
+            _bus.client.register_api(OrdersApi())
         return _bus
 
 
