@@ -50,7 +50,7 @@ CHAR = 0.56  # average glyph width, in em, of the sans-serif faces used (a safe 
 STYLES = ("plain", "start", "good", "wait", "bad", "store")
 
 CSS = """
-.t{font:14px system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;fill:#1f2328}
+.t{font:14px system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;fill:#1f2328}
 .b{font-weight:600}
 .h{font-size:16px;font-weight:700}
 .m{fill:#57606a}
