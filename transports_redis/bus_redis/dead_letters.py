@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 DEAD_FIELDS = (b"bus_dead_reason", b"bus_dead_group", b"bus_dead_entry_id",
                b"bus_dead_delivery_count", b"bus_dead_time")
 PAGE = 200  # entries read per XREVRANGE while filtering
+_MARK = REPLAY_GROUP_HEADER.encode()
 
 # KEYS: dead-letter stream, stream. ARGV: dead letter id, MAXLEN (0: none), field, value...
 # Deletes the dead letter and adds its entry back in one step: false if it was gone.
@@ -217,7 +218,7 @@ def replay_for_other_group(fields: dict[bytes, bytes], group: str) -> bool:
     headers field names that group): the consumer acknowledges it without handing it out.
     Called only for entries that have a headers field."""
     raw = fields.get(b"")
-    if not raw:
+    if not raw or _MARK not in raw:  # headers of another kind (trace context): not parsed
         return False
     try:
         headers = json.loads(raw)
