@@ -59,3 +59,29 @@ async def test_dead_letters_on_a_cluster(cluster: RedisClusterSet, stream_use: s
         await run_scenario(bus)
     finally:
         await bus.client.close_async()
+
+
+async def test_a_malformed_dead_letter_is_listed_not_replayed_and_purged(
+        make_redis_bus: Callable[..., Bus], raw: Any) -> None:
+    from bus_core import dead_letters as engine
+    from bus_core.dead_letters import Selection
+    from tests.apis import AuthApi
+    from tests.core.dead_letter_scenario import Flaky
+    from tests.helpers import eventually, serving
+
+    bus = make_redis_bus()
+    bus.client.register_api(AuthApi())
+    bus.auth.user_registered.listen(Flaky(), listener_name="welcome")
+    async with serving(bus):
+        raw.xadd("auth.*:stream", {"id": "2e35fc7f-aede-4305-b211-e46e05e836cf",
+                                   "api_name": "auth", "event_name": "user_registered",
+                                   "version": "one", ":username": '"x"'})
+        await eventually(lambda: raw.xlen("auth.*:stream:dead") == 1)
+        (letter,) = await engine.list_dead_letters(bus.client, Selection(api="auth"))
+        assert letter.message is None and letter.problem == "version 'one' is not an integer"
+        assert letter.reason == "malformed: version 'one' is not an integer"
+        (outcome,) = await engine.replay(bus.client, [letter], who="tester")
+        assert not outcome.done and "cannot be replayed" in outcome.error
+        assert raw.xlen("auth.*:stream:dead") == 1  # nothing lost
+        (purged,) = await engine.purge(bus.client, [letter], who="tester")
+        assert purged.done and raw.xlen("auth.*:stream:dead") == 0
