@@ -243,6 +243,8 @@ def test_dead_letters_page_lists_and_replays(make_bus: Callable[..., Bus]) -> No
         time.sleep(0.02)
     (row,) = rows
     assert "cannot welcome ada" in client.get("/dead-letters").text
+    groups = client.get("/groups").text
+    assert "svc-welcome" in groups and "auth.user_registered" in groups
     flaky.broken = False
     body = {"ids": [row["id"]], "api": "auth", "event": "user_registered"}
     done = client.post("/api/dead-letters/replay", headers=headers, json=body).json()

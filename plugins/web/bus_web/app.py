@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from bus_web.security import COOKIE, SESSION_SECONDS, Settings, csrf_matches
 logger = logging.getLogger("bus.web")
 HERE = Path(__file__).parent
 MAX_BODY = 1024 * 1024
+SCHEMA_SECONDS = 2.0  # how long the APIs' schemas are reused
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
                                "frame-ancestors 'none'; form-action 'self'",
@@ -70,12 +72,21 @@ class Console:
     def __init__(self, bus: Bus, settings: Settings) -> None:
         self.bus = bus
         self.settings = settings
+        self._apis: tuple[float, dict[str, data.ApiInfo]] | None = None
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                                      autoescape=select_autoescape(["html"]))
         self.templates.filters["tojson_pretty"] = lambda v: json.dumps(
             v, indent=2, default=str, ensure_ascii=False)
 
     # -- plumbing -------------------------------------------------------------------------
+
+    async def known(self) -> dict[str, data.ApiInfo]:
+        """The APIs on the bus, loaded at most every SCHEMA_SECONDS (a call or a page view
+        does not read every schema again)."""
+        now = time.monotonic()
+        if self._apis is None or now - self._apis[0] > SCHEMA_SECONDS:
+            self._apis = (now, await data.apis(self.bus))
+        return self._apis[1]
 
     def user(self, request: Request) -> tuple[str | None, Any]:
         """(user, session or None): by session cookie or by bearer token."""
@@ -149,7 +160,7 @@ class Console:
         return f"{request.state.user} (bus web, from {client})"
 
     async def api_info(self, api_name: str) -> data.ApiInfo:
-        found = (await data.apis(self.bus)).get(api_name)
+        found = (await self.known()).get(api_name)
         if found is None:
             raise Problem(404, f"no API {api_name!r} on the bus (neither registered here nor "
                                "in the shared schema)")
@@ -192,7 +203,7 @@ class Console:
     # -- pages ----------------------------------------------------------------------------
 
     async def home(self, request: Request) -> Response:
-        return self.page(request, "home.html", apis=await data.apis(self.bus))
+        return self.page(request, "home.html", apis=await self.known())
 
     async def api_page(self, request: Request) -> Response:
         info = await self.api_info(request.path_params["api"])
@@ -220,7 +231,7 @@ class Console:
 
     async def history_page(self, request: Request) -> Response:
         query = request.query_params
-        known = await data.apis(self.bus)
+        known = await self.known()
         api_name, event = query.get("api", ""), query.get("event", "")
         rows: list[dict[str, Any]] = []
         error = ""
@@ -288,7 +299,7 @@ class Console:
         except Problem as problem:
             rows, error = [], problem.message
         return self.page(request, "dead_letters.html", rows=rows, query=query, error=error,
-                         apis=await data.apis(self.bus))
+                         apis=await self.known())
 
     async def dead_letters_json(self, request: Request) -> Response:
         return JSONResponse({"dead_letters": await self._letters(
