@@ -162,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logger.info("bus module %s (%s)", module_name,
                 getattr(module, "__file__", None) or "no file")
     return bus.client.run_worker(rpcs="rpcs" in features, events="events" in features,
-                                 tasks="tasks" in features)
+                                 tasks="tasks" in features, event_loop=args.event_loop)
 
 
 def _manager_for(args: argparse.Namespace) -> tuple[PluginManager, str | None]:
@@ -433,6 +433,9 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
                      help="run only these, comma-separated: rpcs, events, tasks")
     run.add_argument("-s", "--skip", action="append", metavar="FEATURES",
                      help="do not run these, comma-separated: rpcs, events, tasks")
+    run.add_argument("--event-loop", choices=("asyncio", "uvloop"), default=None,
+                     help="the worker's event loop (default: bus.event_loop, else asyncio; "
+                          "uvloop needs bus-core[fast])")
     run.set_defaults(handler=cmd_run)
 
     plugins = commands.add_parser("plugins", parents=[common], help="installed plugins")

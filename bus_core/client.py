@@ -34,7 +34,13 @@ from bus_core.listeners import Listener, new_listener
 from bus_core.message_path import OutgoingCall, OutgoingEvent, ServedRpc, check_arguments
 from bus_core.messages import EventMessage
 from bus_core.plugins import PluginManager
-from bus_core.runtime import LoopThread, call_user_code, is_async_callable, run_in_fresh_loop
+from bus_core.runtime import (
+    LoopThread,
+    call_user_code,
+    is_async_callable,
+    loop_factory,
+    run_in_fresh_loop,
+)
 from bus_core.scheduling import ScheduledTask, every, next_cron_time, on_cron
 from bus_core.serialization import SizeLimitedSerializer
 from bus_core.transports import Transport
@@ -413,7 +419,8 @@ class BusClient:
                 if self.closed:
                     raise BusError("this bus client is closed")
                 if self._loop_thread is None:
-                    self._loop_thread = LoopThread(f"bus-{self.service_name}")
+                    self._loop_thread = LoopThread(
+                        f"bus-{self.service_name}", loop_factory(self.config.bus["event_loop"]))
         return self._loop_thread
 
     def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -545,11 +552,14 @@ class BusClient:
         if worker is not None:
             self.loop_thread.run(worker.stop())
 
-    def run_worker(self, *, rpcs: bool = True, events: bool = True, tasks: bool = True) -> int:
-        """Serve until SIGINT/SIGTERM, then drain and return 0 (what `bus run` does)."""
+    def run_worker(self, *, rpcs: bool = True, events: bool = True, tasks: bool = True,
+                   event_loop: str | None = None) -> int:
+        """Serve until SIGINT/SIGTERM, then drain and return 0 (what `bus run` does), on an
+        event loop of `event_loop` (default: `bus.event_loop`)."""
         from bus_core.worker import run_until_signalled
 
-        return run_until_signalled(self.worker(rpcs=rpcs, events=events, tasks=tasks))
+        return run_until_signalled(self.worker(rpcs=rpcs, events=events, tasks=tasks),
+                                   event_loop or self.config.bus["event_loop"])
 
     # -- shutdown ----------------------------------------------------------------------
 

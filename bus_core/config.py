@@ -68,6 +68,7 @@ BUS_DEFAULTS: dict[str, Any] = {
     "log_format": "text",
     "strict_parameters": False,
     "send_tracebacks": True,
+    "event_loop": "asyncio",
     "schema": {"ttl": 60, "transport": DEFAULT_TRANSPORT},
 }
 
@@ -178,6 +179,11 @@ def config_schema(plugins: PluginManager | None = None) -> dict[str, Any]:
                         "description": "error results carry the worker's traceback "
                                        "(Lightbus does); false: only the error's type and "
                                        "message"},
+                    "event_loop": {
+                        "enum": ["asyncio", "uvloop"],
+                        "description": "the event loop of `bus run` and of the client's "
+                                       "background thread (sync calls): uvloop needs "
+                                       "`pip install bus-core[fast]`"},
                     "schema": {
                         "type": "object",
                         "additionalProperties": False,

@@ -8,7 +8,9 @@ import concurrent.futures
 import contextvars
 import functools
 import inspect
+import sys
 import threading
+import typing
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -18,11 +20,44 @@ T = TypeVar("T")
 _CLOSED_CHECK = 1.0  # seconds between checks that a waited-on loop still runs
 
 
+def loop_factory(kind: str = "asyncio") -> Callable[[], asyncio.AbstractEventLoop]:
+    """What makes the event loops of `bus run` and of the client's background thread:
+    asyncio's own, or (`bus.event_loop: uvloop`) uvloop's."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise BusError("bus.event_loop is uvloop, but uvloop is not installed: "
+                           "pip install 'bus-core[fast]' (or uvloop)") from None
+        return typing.cast(Callable[[], asyncio.AbstractEventLoop], uvloop.new_event_loop)
+    if kind != "asyncio":
+        raise BusError(f"bus.event_loop: {kind!r} is not an event loop Bus knows: use "
+                       "asyncio or uvloop")
+    return asyncio.new_event_loop
+
+
+def run_main(coro: Coroutine[Any, Any, T], kind: str = "asyncio") -> T:
+    """`asyncio.run(coro)` on a loop of `kind` (see `loop_factory`)."""
+    factory = loop_factory(kind)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(coro)
+    loop = factory()  # pragma: no cover - Python 3.10
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(coro)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
 class LoopThread:
     """An event loop running forever in a daemon thread, for sync callers."""
 
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, name: str,
+                 factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+                 ) -> None:
+        self.loop = factory()
         self.stopping = False
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)

@@ -31,6 +31,7 @@ from bus_core.logs import Throttle, about, detached, message_fields
 from bus_core.message_path import error_result
 from bus_core.messages import EventMessage, ResultMessage, RpcMessage
 from bus_core.plugins import now
+from bus_core.runtime import run_main
 from bus_core.scheduling import next_cron_time
 from bus_core.transports import EventConsumer, EventDelivery, MalformedRpc, RpcConsumer
 from bus_core.values import to_wire
@@ -725,7 +726,7 @@ class _TaskLock:
                 logger.exception("releasing the lock of scheduled task %s failed", self.name)
 
 
-def run_until_signalled(worker: Worker) -> int:
+def run_until_signalled(worker: Worker, event_loop: str = "asyncio") -> int:
     """Run `worker` on a new loop in this thread until SIGINT/SIGTERM; drain; return the exit
     code (0, or 1 when a listener stopped the worker). A second signal cancels the drain."""
     client = worker.client
@@ -754,6 +755,6 @@ def run_until_signalled(worker: Worker) -> int:
         return 1 if worker.failure is not None else 0
 
     try:
-        return asyncio.run(main())
+        return run_main(main(), event_loop)
     finally:
         client.close()
