@@ -67,6 +67,14 @@ def test_every_page_and_endpoint_needs_a_user(bus: Bus) -> None:
     assert COOKIE not in wrong.cookies
 
 
+def test_login_goes_back_only_to_a_page_of_the_console(bus: Bus) -> None:
+    for target, landing in (("/workers", "/workers"), ("//evil.example/x", "/"),
+                            ("/\\evil.example", "/"), ("https://evil.example", "/")):
+        client = console(bus)
+        response = client.post("/login", params={"next": target}, data={"token": TOKEN})
+        assert response.headers["location"] == landing, target
+
+
 def test_token_url_logs_in_and_drops_the_token(bus: Bus) -> None:
     client = console(bus)
     response = client.get(f"/apis/auth?token={TOKEN}")

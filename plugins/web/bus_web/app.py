@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -170,7 +171,7 @@ class Console:
 
     async def login(self, request: Request) -> Response:
         next_path = request.query_params.get("next", "/")
-        if not next_path.startswith("/") or next_path.startswith("//"):
+        if not re.fullmatch(r"/(?![/\\])[^\s]*", next_path):  # a path here, never a host
             next_path = "/"
         error = ""
         if request.method == "POST":
