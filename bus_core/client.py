@@ -504,6 +504,41 @@ class BusClient:
             await outgoing.send_event(self, message, bus_options)
         return message
 
+    async def fire_many_async(self, api_name: str, event_name: str,
+                              many: Iterable[dict[str, Any]],
+                              bus_options: dict[str, Any] | None = None) -> list[EventMessage]:
+        """Fire one event per kwargs dict of `many`, in order, sent together (one round trip
+        on Redis). Every one is checked before any is sent."""
+        messages = [outgoing.event_message(self, api_name, event_name, kwargs)
+                    for kwargs in _kwargs_dicts(many)]
+        unsent = []
+        for message in messages:
+            taken = self.hooks.take_event(self, message)
+            if taken is not None and inspect.isawaitable(taken):
+                taken = await taken
+            if not taken:
+                unsent.append(message)
+        await outgoing.send_events(self, unsent, bus_options)
+        return messages
+
+    def fire_many(self, api_name: str, event_name: str, many: Iterable[dict[str, Any]],
+                  bus_options: dict[str, Any] | None = None) -> list[EventMessage]:
+        messages = [outgoing.event_message(self, api_name, event_name, kwargs)
+                    for kwargs in _kwargs_dicts(many)]
+        unsent = [message for message in messages if not self._taken_here(message)]
+        self.run_sync(outgoing.send_events(self, unsent, bus_options))
+        return messages
+
+    def _taken_here(self, message: EventMessage) -> bool:
+        """Offer a sync fire's event to the plugins, on the caller's thread (an outbox)."""
+        taken = self.hooks.take_event(self, message)
+        if taken is not None and inspect.isawaitable(taken):
+            if inspect.iscoroutine(taken):
+                taken.close()
+            raise BusError(f"firing {message.canonical_name}: a bus_take_event implementation "
+                           "answered a sync fire() with an awaitable; use fire_async() there")
+        return bool(taken)
+
     async def send_event_async(self, message: EventMessage,
                                bus_options: dict[str, Any] | None = None) -> None:
         """Send a built event to its event transport, with the fire hooks around it (what a
@@ -513,13 +548,7 @@ class BusClient:
     def fire(self, api_name: str, event_name: str, kwargs: dict[str, Any],
              bus_options: dict[str, Any] | None = None) -> EventMessage:
         message = outgoing.event_message(self, api_name, event_name, kwargs)
-        taken = self.hooks.take_event(self, message)  # on the caller's thread (an outbox)
-        if inspect.isawaitable(taken):
-            if inspect.iscoroutine(taken):
-                taken.close()
-            raise BusError(f"firing {message.canonical_name}: a bus_take_event implementation "
-                           "answered a sync fire() with an awaitable; use fire_async() there")
-        if not taken:
+        if not self._taken_here(message):
             self.run_sync(outgoing.send_event(self, message, bus_options))
         return message
 
@@ -612,6 +641,18 @@ async def _in_context(context: contextvars.Context, coro: Coroutine[Any, Any, T]
     for variable, value in context.items():
         variable.set(value)
     return await coro
+
+
+def _kwargs_dicts(many: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    if isinstance(many, dict) or not isinstance(many, Iterable):
+        raise InvalidArguments("fire_many() takes a list of keyword-argument dicts, one per "
+                               "event, e.g. fire_many([{'username': 'a'}, {'username': 'b'}])")
+    items = list(many)
+    for item in items:
+        if not isinstance(item, dict):
+            raise InvalidArguments(f"fire_many() takes dicts of keyword arguments, got "
+                                   f"{type(item).__name__} {item!r:.60}")
+    return items
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

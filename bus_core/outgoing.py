@@ -11,7 +11,7 @@ import asyncio
 import logging
 import sys
 import typing
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bus_core.errors import BusError, RpcTimeout, RpcWorkerLost, WireError
@@ -176,6 +176,43 @@ async def send_event(client: BusClient, message: EventMessage,
         await hooks.after_event_fire(client, message, None, now() - started)
     finally:
         current_message.reset(token)
+
+
+async def send_events(client: BusClient, messages: Sequence[EventMessage],
+                      bus_options: dict[str, Any] | None) -> None:
+    """`send_event` for several events of one API at once (`fire_many`): the fire hooks run
+    for each, the transport gets them together (one round trip on Redis), and the timeout
+    covers them all."""
+    if not messages:
+        return
+    api_name = messages[0].api_name
+    state = await client.state()
+    transport: EventTransport = await state.transport("event", api_name)
+    hooks = client.hooks
+    for message in messages:
+        await hooks.before_event_fire(client, message)
+    api_config = client.config.api(api_name)
+    timeout, source = timeout_for(bus_options, api_config.event_fire_timeout,
+                                  f"apis.{api_name}.event_fire_timeout")
+    started = now()
+    try:
+        if transport.send_may_block:
+            await _within(transport.send_events(messages), timeout)
+        else:
+            await transport.send_events(messages)
+    except (TimeoutError, asyncio.TimeoutError):
+        error = BusError(fire_timeout_message(
+            f"{len(messages)} {messages[0].canonical_name} events", timeout, source))
+        for message in messages:
+            await hooks.after_event_fire(client, message, error, now() - started)
+        raise error from None
+    except BaseException as exc:
+        for message in messages:
+            await hooks.after_event_fire(client, message, exc, now() - started)
+        raise
+    for message in messages:
+        await hooks.after_event_fire(client, message, None, now() - started)
+    logger.debug("fired %d %s events", len(messages), messages[0].canonical_name)
 
 
 if sys.version_info >= (3, 11):

@@ -6,7 +6,7 @@ APIs served elsewhere (remote) as well as for those registered on this client.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -59,8 +59,10 @@ class BusPath:
         if parent is not None and self._parts[-1] in parent.rpcs:
             return ["call_async", "describe"]
         if parent is not None and self._parts[-1] in parent.events:
-            return ["describe", "fire", "fire_async", "listen", "listen_async"]
-        return ["call_async", "describe", "fire", "fire_async", "listen", "listen_async"]
+            return ["describe", "fire", "fire_async", "fire_many", "fire_many_async", "listen",
+                    "listen_async"]
+        return ["call_async", "describe", "fire", "fire_async", "fire_many", "fire_many_async",
+                "listen", "listen_async"]
 
     def describe(self) -> str:
         """What this path names, with parameters where the API is known (`bus shell` shows
@@ -126,6 +128,17 @@ class BusPath:
     async def fire_async(self, *args: Any, **kwargs: Any) -> EventMessage:
         api_name, name, kwargs, options = self._split(args, kwargs, "fire_async")
         return await self._client.fire_async(api_name, name, kwargs, options)
+
+    def fire_many(self, many: Iterable[dict[str, Any]], *,
+                  bus_options: dict[str, Any] | None = None) -> list[EventMessage]:
+        """Fire this event once per kwargs dict of `many`, sent together (one round trip
+        on Redis): `bus.shop.order_placed.fire_many([{...}, {...}])`."""
+        return self._client.fire_many(self.api_name, self.member_name, many, bus_options)
+
+    async def fire_many_async(self, many: Iterable[dict[str, Any]], *,
+                              bus_options: dict[str, Any] | None = None) -> list[EventMessage]:
+        return await self._client.fire_many_async(self.api_name, self.member_name, many,
+                                                  bus_options)
 
     def listen(self, handler: Callable[..., Any], *, listener_name: str,
                since: str | datetime | None = None, on_error: str | None = None,

@@ -287,6 +287,12 @@ class EventTransport(Transport):
     async def send_event(self, message: EventMessage) -> None:
         """Publish `message`; set `message.native_id` (and `time`) when the backend has one."""
 
+    async def send_events(self, messages: Sequence[EventMessage]) -> None:
+        """Publish several events, in order (`fire_many`): a transport that can sends them
+        in one round trip. Sets each one's `native_id` and `time` as `send_event` does."""
+        for message in messages:
+            await self.send_event(message)
+
     @abc.abstractmethod
     async def open_consumer(self, listen_for: Sequence[tuple[str, str]], listener_name: str,
                             since: str | datetime | None = None) -> EventConsumer:

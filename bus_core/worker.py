@@ -102,8 +102,9 @@ class _Acker:
             self.flushing = asyncio.get_running_loop().create_task(detached(self._flush()))
 
     async def _flush(self) -> None:
+        # No sleep(0) first: this task runs in the loop turn after the first ack, by which
+        # time every handler that ran in the same turn as that one has added its own.
         try:
-            await asyncio.sleep(0)
             while self.pending:
                 batch, self.pending = self.pending, []
                 try:

@@ -278,10 +278,10 @@ def raise_if_error(value: Any) -> Any:
 class Batcher(Generic[T, R]):
     """One round trip for many messages, without a task per batch.
 
-    The first submitter while nothing is in flight leads: it lets the rest of the current
-    loop turn add their items (one `sleep(0)`), then sends them all with its own in one
-    `flush(items)` and hands out the replies. Items submitted while a send is in flight
-    queue up and go together next. A failed flush fails everyone in that batch."""
+    The first submitter while nothing is in flight leads: it sends its item at once (a lone
+    message never waits for company that is not coming), and whatever is submitted while
+    that send is in flight queues up and goes together, in one `flush(items)`, as soon as
+    it returns. A failed flush fails everyone in that batch."""
 
     def __init__(self, flush: Callable[[list[T]], Awaitable[Sequence[R]]],
                  max_batch: int = 500) -> None:
@@ -297,7 +297,6 @@ class Batcher(Generic[T, R]):
             return await future
         self._busy = True
         try:
-            await asyncio.sleep(0)  # whoever else submits in this loop turn joins the batch
             others = self._queued[:self.max_batch - 1]
             del self._queued[:len(others)]
             try:
