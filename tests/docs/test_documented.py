@@ -133,6 +133,12 @@ def test_every_plugin_and_transport_option_is_documented(where: str, key: str) -
     assert as_code(key, everything()), f"option {key!r} of {where} is in no docs page"
 
 
+def test_every_serializer_is_documented() -> None:
+    text = page("reference/config.md")
+    missing = [name for name in manager().serializers if f"`{name}`" not in text]
+    assert not missing, f"serializers missing from bus.serializer in config.md: {missing}"
+
+
 # -- the bus command -----------------------------------------------------------------------
 
 
