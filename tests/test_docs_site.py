@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,24 @@ def test_every_page_is_in_the_nav() -> None:
     pages = {path.relative_to(DOCS).as_posix() for path in DOCS.rglob("*.md")}
     assert pages - in_nav == set(), f"pages missing from mkdocs.yml nav: {sorted(pages - in_nav)}"
     assert in_nav - pages == set(), f"nav entries with no page: {sorted(in_nav - pages)}"
+
+
+def _search_separator() -> str:
+    config = _load_mkdocs_yml()
+    for plugin in config["plugins"]:
+        if isinstance(plugin, dict) and "search" in plugin:
+            return str(plugin["search"]["separator"])
+    raise AssertionError("mkdocs.yml has no search plugin with a separator")
+
+
+def test_search_splits_dotted_and_underscored_names() -> None:
+    separator = re.compile(_search_separator())
+    words = [w for w in separator.split("bus.drain_timeout apis.<api>.rpc_timeout 3.14") if w]
+    assert words == ["bus", "drain", "timeout", "apis", "<api>", "rpc", "timeout", "3.14"]
+
+
+def test_the_landing_page_links_the_newcomer_pages() -> None:
+    landing = (DOCS / "index.md").read_text(encoding="utf-8")
+    for target in ("tutorial.md", "install.md", "howto/write-a-transport.md",
+                   "reference/transports.md", "changelog.md"):
+        assert f"({target})" in landing, f"the landing page does not link {target}"
