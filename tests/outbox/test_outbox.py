@@ -268,3 +268,16 @@ def test_two_threads_each_use_their_own_transaction(make_outbox_bus, dsn, tables
         thread.join()
     assert errors == []
     assert [row[1] for row in outbox_rows(dsn, tables)] == ['{"order_id":1,"position":0}']
+
+
+def test_a_fire_without_outbox_tables_says_how_to_make_them(make_redis_bus, redis_url, dsn,
+                                                            pg_schema, raw):
+    bus = make_redis_bus(config=outbox_config(redis_config(redis_url), dsn, pg_schema),
+                         service_name="shop")
+    bus.client.register_api(ShopApi())
+    with psycopg.connect(dsn) as conn:
+        with pytest.raises(bus_outbox.OutboxError, match="run `bus outbox init`"), \
+                bus_outbox.transaction(conn):
+            bus.shop.order_placed.fire(order_id=1, position=0)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert raw.xlen(STREAM) == 0  # and it was not sent instead

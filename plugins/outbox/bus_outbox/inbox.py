@@ -101,8 +101,11 @@ def _close_connections(key: int) -> None:
 
 
 def close_connections(client: BusClient) -> None:
-    """Close the listener connections of `client` (at worker stop)."""
-    _close_connections(id(client))
+    """Close the listener connections of `client` (at worker stop); the wrapped handlers
+    keep their pool and open new connections if a worker starts again."""
+    found = _connections.get(id(client))
+    if found is not None:
+        found.close()
 
 
 def is_transactional(listener: Listener, options: Options) -> bool:

@@ -163,9 +163,13 @@ def take_event(client: BusClient, message: EventMessage) -> bool | Awaitable[boo
                     f"firing {message.canonical_name} with fire() inside `async with "
                     "bus_outbox.transaction(...)` on an async connection: use "
                     "`await ....fire_async(...)` there") from None
-            return _write_async(current.connection, statements_for(client).insert,
-                                row_of(message))
-        current.connection.execute(statements_for(client).insert, row_of(message))
+            return _write_async(current.connection, statements_for(client), row_of(message))
+        statements = statements_for(client)
+        try:
+            current.connection.execute(statements.insert, row_of(message))
+        except Exception as exc:
+            _explain(exc, statements)
+            raise
         return True
     options = options_for(client)
     if options.django:
@@ -179,6 +183,20 @@ def take_event(client: BusClient, message: EventMessage) -> bool | Awaitable[boo
     return None
 
 
-async def _write_async(connection: Any, statement: str, row: tuple[Any, ...]) -> bool:
-    await connection.execute(statement, row)
+async def _write_async(connection: Any, statements: Statements, row: tuple[Any, ...]) -> bool:
+    try:
+        await connection.execute(statements.insert, row)
+    except Exception as exc:
+        _explain(exc, statements)
+        raise
     return True
+
+
+def _explain(exc: BaseException, statements: Statements) -> None:
+    """Raise an OutboxError that says what to do when the outbox table is missing."""
+    import psycopg
+
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        raise OutboxError(f"no outbox table {statements.schema}.bus_outbox in this database: "
+                          "run `bus outbox init` (or start a worker with create_tables: "
+                          "true); the transaction is aborted") from None

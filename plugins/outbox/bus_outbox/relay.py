@@ -40,14 +40,21 @@ logger = logging.getLogger("bus.outbox")
 
 
 async def create_tables_async(connection: Any, schema: str) -> None:
-    """Create the outbox's tables in `schema` if missing (one creator at a time)."""
+    """Create the outbox's tables in `schema` if missing (one creator at a time). Tables that
+    exist are left alone, so a database user without CREATE rights can run with
+    `create_tables: true` once someone made them."""
+    st = Statements(schema)
+    cursor = await connection.execute(st.tables_exist, st.table_names)
+    if (await cursor.fetchone())[0]:
+        return
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK,))
         await connection.execute(ddl(schema).encode())
 
 
 def create_tables(connection: Any, schema: str) -> None:
-    """`create_tables_async` for a sync psycopg connection."""
+    """`create_tables_async` for a sync psycopg connection (`bus outbox init` runs the DDL
+    even when the tables exist: it also brings the trigger up to date)."""
     with connection.transaction():
         connection.execute("SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK,))
         connection.execute(ddl(schema).encode())
