@@ -139,6 +139,35 @@ def test_every_serializer_is_documented() -> None:
     assert not missing, f"serializers missing from bus.serializer in config.md: {missing}"
 
 
+ANCHORED_PLUGINS = {"metrics": "reference/metrics.md", "otel": "reference/otel.md",
+                    "schema": "reference/schema.md", "state": "reference/state.md"}
+ANCHORED_TRANSPORTS = {"memory": "reference/memory-transport.md",
+                       "redis": "reference/redis-transport.md"}
+
+
+@pytest.mark.parametrize("plugin", sorted(ANCHORED_PLUGINS))
+def test_each_option_of_the_built_in_plugins_has_a_link_target(plugin: str) -> None:
+    section = config_schema(manager())["properties"]["plugins"]["properties"][plugin]
+    text = page(ANCHORED_PLUGINS[plugin])
+    missing = [key for key in section.get("properties", {})
+               if f'id="plugins.{plugin}.{key}"' not in text]
+    assert not missing, f"options without an anchor in {ANCHORED_PLUGINS[plugin]}: {missing}"
+
+
+@pytest.mark.parametrize("transport", sorted(ANCHORED_TRANSPORTS))
+def test_each_option_of_the_built_in_transports_has_a_link_target(transport: str) -> None:
+    text = page(ANCHORED_TRANSPORTS[transport])
+    missing = []
+    for (kind, name), entry in sorted(manager().transports.items()):
+        if name != transport:
+            continue
+        for key in ((entry.options_schema or {}).get("properties") or {}):
+            if f'id="{name}.{kind}.{key}"' not in text and f'id="{name}.{key}"' not in text:
+                missing.append(f"{kind}: {key}")
+    assert not missing, (f"options without an anchor (id=\"{transport}.<kind>.<key>\" or "
+                         f"\"{transport}.<key>\") in {ANCHORED_TRANSPORTS[transport]}: {missing}")
+
+
 # -- the bus command -----------------------------------------------------------------------
 
 
