@@ -281,3 +281,21 @@ def test_a_fire_without_outbox_tables_says_how_to_make_them(make_redis_bus, redi
             bus.shop.order_placed.fire(order_id=1, position=0)
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert raw.xlen(STREAM) == 0  # and it was not sent instead
+
+
+def test_fire_many_and_using_an_open_transaction(make_outbox_bus, dsn, tables, raw):
+    bus = make_outbox_bus()
+    with psycopg.connect(dsn) as conn:  # not autocommit: psycopg opens a transaction
+        with bus_outbox.using(conn):
+            bus.client.fire_many("shop", "order_placed",
+                                 [{"order_id": 1, "position": p} for p in range(3)])
+        conn.rollback()  # `using` opened nothing and commits nothing: the caller decides
+        assert outbox_rows(dsn, tables) == []
+        with bus_outbox.using(conn):
+            fired = bus.client.fire_many("shop", "order_placed",
+                                         [{"order_id": 2, "position": p} for p in range(3)])
+        assert outbox_rows(dsn, tables) == []  # not committed yet
+        conn.commit()
+    assert [row[0] for row in outbox_rows(dsn, tables)] == [m.id for m in fired]
+    assert relay_once(bus).published == 3
+    assert [f[b"id"].decode() for _, f in raw.xrange(STREAM)] == [m.id for m in fired]
