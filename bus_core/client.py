@@ -160,6 +160,7 @@ class BusClient:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._background_worker: Worker | None = None
         self.running_workers: list[Worker] = []
+        self.send_tracebacks = bool(config.bus["send_tracebacks"])
         self._warned_blocking = False
         self.closed = False
         _CLIENTS.add(self)

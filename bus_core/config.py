@@ -54,6 +54,7 @@ API_DEFAULTS: dict[str, Any] = {
     "strict_validation": False,
     "idempotent": False,
     "idempotent_rpcs": [],
+    "local": False,
 }
 
 BUS_DEFAULTS: dict[str, Any] = {
@@ -132,6 +133,11 @@ def config_schema(plugins: PluginManager | None = None) -> dict[str, Any]:
                 "description": "names of the API's RPCs that may run again (as "
                                "@rpc(idempotent=True) declares): re-queued if their worker "
                                "dies"},
+            "local": {
+                "type": "boolean",
+                "description": "a call of this API from a process that registers it runs "
+                               "there, without the RPC transport (same checks, casting, "
+                               "hooks and errors; no queue, no load sharing)"},
         },
     }
     plugin_sections: dict[str, Any] = {}
@@ -583,6 +589,7 @@ class ApiConfig:
     strict_validation: bool
     idempotent: bool
     idempotent_rpcs: list[str]
+    local: bool
 
     def is_idempotent(self, procedure_name: str) -> bool:
         """Whether the config declares `procedure_name` of this API safe to run twice."""

@@ -14,6 +14,7 @@ import typing
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from bus_core import procedures
 from bus_core.errors import BusError, RpcTimeout, RpcWorkerLost, WireError
 from bus_core.logs import about, current_message
 from bus_core.message_path import (
@@ -45,13 +46,16 @@ async def call_rpc(client: BusClient, api_name: str, procedure_name: str,
     message = RpcMessage(api_name=api_name, procedure_name=procedure_name,
                          kwargs=outgoing.wire(kwargs))
     state = await client.state()
-    rpc_transport: RpcTransport = await state.transport("rpc", api_name)
-    result_transport: ResultTransport = await state.transport("result", api_name)
-    message.return_path = result_transport.get_return_path(message)
+    if api_config.local and client.procedure(api_name, procedure_name) is not None:
+        obtain = _local_result(client, message, timeout)
+    else:
+        rpc_transport: RpcTransport = await state.transport("rpc", api_name)
+        result_transport: ResultTransport = await state.transport("result", api_name)
+        message.return_path = result_transport.get_return_path(message)
+        obtain = _remote_result(client, message, rpc_transport, result_transport, timeout)
     token = about(message)  # what is logged until the result is in is about this call
     try:
-        result = await _call(client, message, rpc_transport, result_transport, timeout,
-                             timeout_source)
+        result = await _call(client, message, obtain, timeout, timeout_source)
     finally:
         current_message.reset(token)
     rpc = outgoing.rpc
@@ -64,21 +68,41 @@ async def call_rpc(client: BusClient, api_name: str, procedure_name: str,
     return result
 
 
-async def _call(client: BusClient, message: RpcMessage, rpc_transport: RpcTransport,
-                result_transport: ResultTransport, timeout: float, timeout_source: str) -> Any:
+async def _remote_result(client: BusClient, message: RpcMessage, rpc_transport: RpcTransport,
+                         result_transport: ResultTransport, timeout: float) -> ResultMessage:
+    """Send the call on the RPC transport and wait for its result."""
+    started = now()
+    await rpc_transport.call_rpc(message, timeout=timeout)
+    try:
+        return await result_transport.receive_result(message, message.return_path,
+                                                     timeout=timeout)
+    except RpcWorkerLost as lost:
+        return await _after_worker_lost(client, message, rpc_transport, result_transport,
+                                        lost, timeout - (now() - started))
+
+
+async def _local_result(client: BusClient, message: RpcMessage,
+                        timeout: float) -> ResultMessage:
+    """Run the call here (`apis.<api>.local`), as a worker would, within its timeout."""
+    return await _within(
+        procedures.execute(client, message, with_traceback=client.send_tracebacks), timeout)
+
+
+async def _call(client: BusClient, message: RpcMessage,
+                obtain: Coroutine[Any, Any, ResultMessage], timeout: float,
+                timeout_source: str) -> Any:
+    """The caller's side of a call around `obtain` (which gets its result): the hooks, the
+    timeout and a remote error raised as RemoteError."""
     hooks = client.hooks
-    await hooks.before_rpc_call(client, message)
+    try:
+        await hooks.before_rpc_call(client, message)
+    except BaseException:
+        obtain.close()
+        raise
     started = now()
     logger.debug("calling %s()", message.canonical_name)
     try:
-        await rpc_transport.call_rpc(message, timeout=timeout)
-        try:
-            result = await result_transport.receive_result(message, message.return_path,
-                                                           timeout=timeout)
-        except RpcWorkerLost as lost:
-            result = await _after_worker_lost(client, message, rpc_transport,
-                                              result_transport, lost,
-                                              timeout - (now() - started))
+        result = await obtain
     except RpcWorkerLost as lost:
         await hooks.after_rpc_call(client, message, None, lost, now() - started)
         raise

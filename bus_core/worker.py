@@ -23,18 +23,16 @@ from bus_core.errors import (
     MalformedMessage,
     MessageTooLarge,
     TransportUnavailable,
-    UnknownApi,
-    UnknownRpc,
     WireError,
 )
 from bus_core.logs import Throttle, about, detached, message_fields
 from bus_core.message_path import error_result
 from bus_core.messages import EventMessage, ResultMessage, RpcMessage
 from bus_core.plugins import now
+from bus_core.procedures import execute
 from bus_core.runtime import run_main
 from bus_core.scheduling import next_cron_time
 from bus_core.transports import EventConsumer, EventDelivery, MalformedRpc, RpcConsumer
-from bus_core.values import to_wire
 
 if TYPE_CHECKING:
     from bus_core.client import BusClient
@@ -428,39 +426,12 @@ class Worker:
         return self._consume(loop, consumer, limit, self._serve_rpc)
 
     async def _serve_rpc(self, item: RpcMessage | MalformedRpc) -> None:
-        client = self.client
         if isinstance(item, MalformedRpc):
             await self._answer_malformed(item)
             return
-        message = item
-        about(message)  # this task's log lines (the procedure's too) are about the call
-        where = f"{message.api_name}.{message.procedure_name}()"
-        started = now()
-        result: Any = None
-        error: BaseException | None = None
-        try:
-            procedure = client.procedure(message.api_name, message.procedure_name)
-            if procedure is None:
-                if message.api_name not in client.apis:
-                    raise UnknownApi(f"this worker does not serve API {message.api_name!r}")
-                raise UnknownRpc(f"API {message.api_name!r} has no RPC "
-                                 f"{message.procedure_name!r}")
-            await client.hooks.before_rpc_execution(client, message)
-            kwargs = procedure.arguments(where, message.kwargs)
-            result = to_wire(await client.call_user_code(procedure.function,
-                                                         procedure.is_async, **kwargs))
-            await client.hooks.before_rpc_result_sent(client, message, result)
-        except Exception as exc:
-            error = exc
-        await client.hooks.after_rpc_execution(client, message, result, error, now() - started)
-        if error is not None:
-            logger.warning("%s raised %s: %s", where, type(error).__name__, error,
-                           extra={"bus": message_fields(message)})
-            await client.hooks.on_handler_error(client, message, None, error, "reply_error")
-            reply = self._error_result(message, error)
-        else:
-            reply = ResultMessage(rpc_message_id=message.id, result=result)
-        await self._send_result(message, reply)
+        about(item)  # this task's log lines (the procedure's too) are about the call
+        reply = await execute(self.client, item, with_traceback=self.send_tracebacks)
+        await self._send_result(item, reply)
 
     async def _send_result(self, message: RpcMessage, reply: ResultMessage) -> None:
         state = await self.client.state()
