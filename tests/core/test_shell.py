@@ -115,8 +115,9 @@ def test_completer_offers_apis_rpcs_and_events(broker_name):
                                               "bus.shop.orders.place("]
         assert all_of("bus.shop.orders.place.") == ["bus.shop.orders.place.call_async(",
                                                     "bus.shop.orders.place.describe("]
-        assert all_of("bus.shop.orders.ordered.f") == ["bus.shop.orders.ordered.fire(",
-                                                       "bus.shop.orders.ordered.fire_async("]
+        assert all_of("bus.shop.orders.ordered.f") == [
+            "bus.shop.orders.ordered.fire(", "bus.shop.orders.ordered.fire_async(",
+            "bus.shop.orders.ordered.fire_many(", "bus.shop.orders.ordered.fire_many_async("]
         assert all_of("bus.shop.orders.pl") == ["bus.shop.orders.place("]
         assert all_of("bus.cl") == ["bus.client"]
         assert "bus.client.start_worker(" in all_of("bus.client.start_w")  # plain Python
