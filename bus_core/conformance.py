@@ -46,7 +46,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Protocol, TypeVar
 
-import pytest
+try:
+    import pytest
+except ImportError as exc:  # the kit is for test suites; bus-core does not depend on pytest
+    raise ImportError("bus_core.conformance is a pytest suite: pip install pytest") from exc
 
 from bus_core.default_plugins.json_serializer import JsonSerializer
 from bus_core.messages import EventMessage, ResultMessage, RpcMessage, rpc_to_blob
