@@ -32,7 +32,8 @@ from bus_core.errors import BusError
 from bus_core.runtime import LoopThread
 
 DESCRIBE_TIMEOUT = 5.0
-_PATH_METHODS = frozenset({"call_async", "fire", "fire_async", "listen", "listen_async",
+_PATH_METHODS = frozenset({"call_async", "fire", "fire_async", "fire_many", "fire_many_async",
+                           "listen", "listen_async",
                            "describe"})
 
 
