@@ -159,9 +159,9 @@ def test_a_transactional_listener_applies_each_event_once(make_outbox_bus, dsn, 
     assert sorted(handled()) == sorted((m.id, m.kwargs["order_id"]) for m in fired)
     assert stats.processed["record"] == 3
     with psycopg.connect(dsn) as conn:
-        marks = conn.execute(f"SELECT listener_name, message_id FROM {tables}.bus_inbox"
-                             ).fetchall()
-    assert sorted(marks) == sorted(("record", m.id) for m in fired)
+        marks = conn.execute(f"SELECT service_name, listener_name, message_id "
+                             f"FROM {tables}.bus_inbox").fetchall()
+    assert sorted(marks) == sorted(("shop", "record", m.id) for m in fired)
 
 
 async def test_an_async_transactional_listener_fires_into_the_outbox_of_its_transaction(

@@ -136,9 +136,10 @@ def test_init_status_and_prune_commands(tmp_path, redis_url, dsn, pg_schema, pos
         conn.execute(f"UPDATE {pg_schema}.bus_outbox SET sent_at = now() - interval '2 hours' "
                      "WHERE seq IN (SELECT seq FROM " + pg_schema + ".bus_outbox ORDER BY seq "
                      "LIMIT 3)")
-        conn.execute(f"INSERT INTO {pg_schema}.bus_inbox (listener_name, message_id, api_name,"
-                     " event_name, processed_at) VALUES ('l', 'old', 'shop', 'order_placed', "
-                     "now() - interval '30 days'), ('l', 'new', 'shop', 'order_placed', now())")
+        conn.execute(f"INSERT INTO {pg_schema}.bus_inbox (service_name, listener_name, "
+                     "message_id, api_name, event_name, processed_at) VALUES "
+                     "('s', 'l', 'old', 'shop', 'order_placed', now() - interval '30 days'), "
+                     "('s', 'l', 'new', 'shop', 'order_placed', now())")
     pruned = bus_cli(tmp_path, config, "outbox", "prune")
     assert pruned.stdout.strip() == "pruned 3 sent outbox rows and 1 inbox marks", pruned.stderr
     with psycopg.connect(dsn) as conn:

@@ -268,8 +268,9 @@ def test_an_order_and_its_event_commit_together_and_the_listener_ships_once(
             conn.commit()
             # ... and the inbox applies it once: still one shipment.
             assert conn.execute("SELECT count(*) FROM orders_shipment").fetchone() == (1,)
-            assert conn.execute("SELECT listener_name, message_id FROM bus_inbox").fetchall() \
-                == [("ship_order", event_id)]
+            assert conn.execute("SELECT service_name, listener_name, message_id "
+                                "FROM bus_inbox").fetchall() == [
+                ("orders", "ship_order", event_id)]
     finally:
         code = stop(server.process)
         assert stop(worker.process) == 0, "\n".join(worker.seen)

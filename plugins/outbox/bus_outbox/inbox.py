@@ -1,5 +1,5 @@
 """The consumer side: a transactional listener's handler runs inside a database transaction
-that first records (listener name, message id) in `bus_inbox`. If the mark is already there
+that first records (service, listener, message id) in `bus_inbox`. If the mark is already there
 (a redelivery, or a relay's re-publish of an event the listener handled), the handler does not
 run and the event is acknowledged. The handler's own writes (through
 `bus_outbox.current_connection()`, or Django's ORM with `django: true`) and the mark commit or
@@ -119,27 +119,29 @@ def wrap(client: BusClient, listener: Listener) -> Callable[..., Any] | None:
         return None
     listener.transactional = True
     handler, name = listener.handler, listener.name
+    key = (client.service_name, name)
     insert = statements_for(client).inbox_mark
     stats = stats_for(client)
     if listener.is_async:
-        return _async_wrapper(client, options, handler, name, insert, stats)
+        return _async_wrapper(client, options, handler, name, key, insert, stats)
     if options.django:
-        return _django_wrapper(options.django_database, handler, name, insert, stats)
-    return _sync_wrapper(client, options, handler, name, insert, stats)
+        return _django_wrapper(options.django_database, handler, name, key, insert, stats)
+    return _sync_wrapper(client, options, handler, name, key, insert, stats)
 
 
-def _mark_row(name: str, event: EventMessage) -> tuple[str, str, str, str]:
-    return (name, event.id, event.api_name, event.event_name)
+def _mark_row(key: tuple[str, str], event: EventMessage) -> tuple[str, ...]:
+    """The inbox row of `event` for listener `key` = (service name, listener name)."""
+    return (*key, event.id, event.api_name, event.event_name)
 
 
 def _sync_wrapper(client: BusClient, options: Options, handler: Callable[..., Any], name: str,
-                  insert: str, stats: OutboxStats) -> Callable[..., Any]:
+                  key: tuple[str, str], insert: str, stats: OutboxStats) -> Callable[..., Any]:
     pool = connections_for(client, options)
 
     def transactional(event: EventMessage, **parameters: Any) -> Any:
         conn = pool.sync()
         with conn.transaction():
-            if conn.execute(insert, _mark_row(name, event)).fetchone() is None:
+            if conn.execute(insert, _mark_row(key, event)).fetchone() is None:
                 stats.handled(name, duplicate=True)
                 return None
             token = _current.set(Transaction(conn, open_transaction=False))
@@ -154,12 +156,13 @@ def _sync_wrapper(client: BusClient, options: Options, handler: Callable[..., An
 
 
 def _async_wrapper(client: BusClient, options: Options, handler: Callable[..., Any], name: str,
-                   insert: str, stats: OutboxStats) -> Callable[..., Any]:
+                   key: tuple[str, str], insert: str, stats: OutboxStats
+                   ) -> Callable[..., Any]:
     pool = connections_for(client, options)
 
     async def transactional(event: EventMessage, **parameters: Any) -> Any:
         async with pool.async_connection() as conn, conn.transaction():
-            cursor = await conn.execute(insert, _mark_row(name, event))
+            cursor = await conn.execute(insert, _mark_row(key, event))
             if await cursor.fetchone() is None:
                 stats.handled(name, duplicate=True)
                 return None
@@ -174,8 +177,8 @@ def _async_wrapper(client: BusClient, options: Options, handler: Callable[..., A
     return _named(transactional, handler)
 
 
-def _django_wrapper(alias: str, handler: Callable[..., Any], name: str, insert: str,
-                    stats: OutboxStats) -> Callable[..., Any]:
+def _django_wrapper(alias: str, handler: Callable[..., Any], name: str, key: tuple[str, str],
+                    insert: str, stats: OutboxStats) -> Callable[..., Any]:
     def transactional(event: EventMessage, **parameters: Any) -> Any:
         from django.db import close_old_connections, connections, transaction
 
@@ -183,7 +186,7 @@ def _django_wrapper(alias: str, handler: Callable[..., Any], name: str, insert: 
         try:
             with transaction.atomic(using=alias):
                 with connections[alias].cursor() as cursor:
-                    cursor.execute(insert, _mark_row(name, event))
+                    cursor.execute(insert, _mark_row(key, event))
                     fresh = cursor.fetchone() is not None
                 if not fresh:
                     stats.handled(name, duplicate=True)

@@ -7,7 +7,8 @@ All names live in one PostgreSQL schema (option `schema`, default `public`):
   events; `txid` (the writer's transaction id) groups them, so a relay takes a transaction's
   events together; `sent_at` is set once the relay published the row (`error` too when the row
   could not be published at all, which also stops it blocking).
-- `bus_inbox`: one row per (listener, message id) a transactional listener handled.
+- `bus_inbox`: one row per (service, listener, message id) a transactional listener handled
+  (a listener is a consumer group of its service, as on the event transport).
 - `bus_outbox_relays`: one row per relay process, its heartbeat and counters.
 """
 
@@ -70,12 +71,13 @@ CREATE OR REPLACE TRIGGER bus_outbox_notify AFTER INSERT ON {s}.bus_outbox
     FOR EACH STATEMENT EXECUTE FUNCTION {s}.bus_outbox_notify('{channel(schema)}');
 
 CREATE TABLE IF NOT EXISTS {s}.bus_inbox (
+    service_name  text NOT NULL,
     listener_name text NOT NULL,
     message_id    text NOT NULL,
     api_name      text NOT NULL,
     event_name    text NOT NULL,
     processed_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (listener_name, message_id)
+    PRIMARY KEY (service_name, listener_name, message_id)
 );
 CREATE INDEX IF NOT EXISTS bus_inbox_processed_at ON {s}.bus_inbox (processed_at);
 
@@ -121,9 +123,9 @@ ORDER BY seq"""
         self.mark_sent = f"UPDATE {s}.bus_outbox SET sent_at = now() WHERE seq = ANY(%s)"
         self.mark_failed = (f"UPDATE {s}.bus_outbox SET sent_at = now(), error = %s "
                             "WHERE seq = %s")
-        self.inbox_mark = (f"INSERT INTO {s}.bus_inbox (listener_name, message_id, api_name, "
-                           "event_name) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING "
-                           "RETURNING 1")
+        self.inbox_mark = (f"INSERT INTO {s}.bus_inbox (service_name, listener_name, "
+                           "message_id, api_name, event_name) VALUES (%s, %s, %s, %s, %s) "
+                           "ON CONFLICT DO NOTHING RETURNING 1")
         self.heartbeat = f"""\
 INSERT INTO {s}.bus_outbox_relays (relay_id, hostname, pid, started_at, seen_at, published)
 VALUES (%s, %s, %s, %s, now(), %s)
@@ -137,8 +139,8 @@ DELETE FROM {s}.bus_outbox WHERE seq IN (
     WHERE sent_at < now() - make_interval(secs => %s) AND error IS NULL
     LIMIT %s)"""
         self.prune_inbox = f"""\
-DELETE FROM {s}.bus_inbox WHERE (listener_name, message_id) IN (
-    SELECT listener_name, message_id FROM {s}.bus_inbox
+DELETE FROM {s}.bus_inbox WHERE (service_name, listener_name, message_id) IN (
+    SELECT service_name, listener_name, message_id FROM {s}.bus_inbox
     WHERE processed_at < now() - make_interval(secs => %s)
     LIMIT %s)"""
         self.backlog = f"""\
