@@ -299,3 +299,30 @@ def test_fire_many_and_using_an_open_transaction(make_outbox_bus, dsn, tables, r
     assert [row[0] for row in outbox_rows(dsn, tables)] == [m.id for m in fired]
     assert relay_once(bus).published == 3
     assert [f[b"id"].decode() for _, f in raw.xrange(STREAM)] == [m.id for m in fired]
+
+
+def test_two_services_sharing_a_database_each_apply_the_event(make_outbox_bus, dsn, tables):
+    buses = [make_outbox_bus(service_name=name) for name in ("billing", "shipping")]
+    applied: list[str] = []
+    lock = threading.Lock()
+    for bus in buses:
+        def apply(event: EventMessage, order_id: int, position: int,
+                  service: str = bus.client.service_name) -> None:
+            with lock:
+                applied.append(service)
+
+        # The same listener name in two services: two consumer groups, two inbox keys.
+        bus.shop.order_placed.listen(apply, listener_name="apply", transactional=True)
+        bus.client.start_worker()
+    with psycopg.connect(dsn) as conn, bus_outbox.transaction(conn):
+        buses[0].shop.order_placed.fire(order_id=1, position=0)
+    relay_once(buses[0])
+    wait_until(lambda: sorted(applied) == ["billing", "shipping"], "both services to apply it")
+
+
+def test_the_commands_need_the_plugin_enabled(tmp_path, redis_url):
+    from tests.outbox.test_outbox_ops import bus_cli
+
+    result = bus_cli(tmp_path, redis_config(redis_url), "outbox", "status")
+    assert result.returncode == 1
+    assert "the outbox plugin is not enabled" in result.stderr
