@@ -222,3 +222,22 @@ def test_metrics_show_the_backlog_and_the_inbox(redis_url, dsn, pg_schema):
         assert 'bus_outbox_relays_alive{service_name="shop"}' in text
     finally:
         bus.client.close()
+
+
+def test_relay_once_publishes_the_backlog_and_exits(tmp_path, redis_url, dsn, pg_schema,
+                                                    raw, postgres):
+    config = outbox_config(redis_config(redis_url), dsn, pg_schema)
+    bus = make(redis_url, dsn, pg_schema)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            from bus_outbox.relay import create_tables
+
+            create_tables(conn, pg_schema)
+        ids = fire_in_transaction(bus, dsn, 5)
+    finally:
+        bus.client.close()
+    result = bus_cli(tmp_path, config, "outbox", "relay", "--once", "--batch-size", "2")
+    assert result.returncode == 0, result.stderr
+    assert "stopped (5 events published)" in result.stderr
+    assert postgres.password not in result.stdout + result.stderr
+    assert [f[b"id"].decode() for _, f in raw.xrange(STREAM)] == ids
