@@ -81,3 +81,18 @@ def test_the_landing_page_links_the_newcomer_pages() -> None:
     for target in ("tutorial.md", "install.md", "howto/write-a-transport.md",
                    "reference/transports.md", "changelog.md"):
         assert f"({target})" in landing, f"the landing page does not link {target}"
+
+
+@pytest.mark.slow
+def test_the_repository_link_comes_from_the_environment(tmp_path: Path) -> None:
+    """mkdocs.yml takes the repository's URL from BUS_DOCS_REPO_URL (where the site is
+    published from); the header then links it."""
+    url = "https://git.example.org/team/bus"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "BUS_DOCS_REPO_URL": url}
+    result = subprocess.run(
+        [str(MKDOCS), "build", "--strict", "--quiet", "-d", str(tmp_path / "site")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    landing = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+    assert f'href="{url}"' in landing and "md-source" in landing
