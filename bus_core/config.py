@@ -9,6 +9,7 @@ against the schema assembled from the kernel's part and every plugin's part, app
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -22,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jsonschema
-import yaml
+# jsonschema and PyYAML load on first use (validating, reading YAML): `import bus_core` and
+# `bus --help` do without them.
+if TYPE_CHECKING:
+    import jsonschema
+    import yaml
 
 from bus_core.errors import ConfigError
 from bus_core.redaction import redact_text, redact_url
@@ -290,26 +294,32 @@ def read_document(location: str, plugins: PluginManager) -> dict[str, Any]:
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 
 
-class _ConfigLoader(yaml.SafeLoader):
+@functools.cache
+def _config_loader() -> type:
     """YAML's safe loader, refusing a key given twice in one mapping (YAML forbids it;
     PyYAML would silently keep the last one). Keys merged in with `<<` may be overridden."""
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, yaml.Node] = {}
-            for key_node, _ in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) \
-                        or key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node)
-                first = seen.setdefault(key, key_node)
-                if first is not key_node:
-                    raise yaml.constructor.ConstructorError(
-                        None, None,
-                        f"key {key!r} is given twice in one mapping (line "
-                        f"{first.start_mark.line + 1} and line {key_node.start_mark.line + 1});"
-                        " keep one", key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
+    class ConfigLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode,
+                              deep: bool = False) -> dict[Any, Any]:
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, yaml.Node] = {}
+                for key_node, _ in node.value:
+                    if not isinstance(key_node, yaml.ScalarNode) \
+                            or key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node)
+                    first = seen.setdefault(key, key_node)
+                    if first is not key_node:
+                        raise yaml.constructor.ConstructorError(
+                            None, None,
+                            f"key {key!r} is given twice in one mapping (line "
+                            f"{first.start_mark.line + 1} and line "
+                            f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return ConfigLoader
 
 
 def _unique_json_object(origin: str) -> Any:
@@ -332,10 +342,12 @@ def parse_document(text: str | bytes, origin: str) -> dict[str, Any]:
     elif len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config {origin} is larger than {MAX_CONFIG_BYTES // 1024} KiB; "
                           "a config is a few KB: is this the right file?")
+    import yaml
+
     try:
         is_json = origin.lower().split("?", 1)[0].endswith(".json")
         document = (json.loads(text, object_pairs_hook=_unique_json_object(origin)) if is_json
-                    else yaml.load(text, Loader=_ConfigLoader))  # a SafeLoader
+                    else yaml.load(text, Loader=_config_loader()))  # a SafeLoader
     except json.JSONDecodeError as exc:
         raise ConfigError(f"config {origin} is not valid JSON: line {exc.lineno}, column "
                           f"{exc.colno}: {exc.msg}") from None
@@ -492,6 +504,8 @@ def register_format(name: str, problem: Callable[[str], str | None]) -> None:
 
 
 def _format_checker() -> jsonschema.FormatChecker:
+    import jsonschema
+
     checker = jsonschema.FormatChecker(formats=())
     for name, problem in _FORMATS.items():
         def check(value: Any, problem: Callable[[str], str | None] = problem) -> bool:
@@ -509,6 +523,8 @@ def as_yaml(value: Any, limit: int = 80) -> str:
     if isinstance(value, str):
         text = "'" + value.replace("'", "''") + "'"
     else:
+        import yaml
+
         try:
             text = yaml.safe_dump(value, default_flow_style=True, width=10**6,
                                   allow_unicode=True).strip()
@@ -555,6 +571,8 @@ def validate_document(document: Mapping[str, Any], schema: Mapping[str, Any],
                       origin: str = "config", plugins: PluginManager | None = None) -> None:
     """Validate `document` against `schema`; a ConfigError lists up to ten problems, each
     with its path. `plugins` lets a missing transport name the distribution to install."""
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(schema, format_checker=_format_checker())
     errors = sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.path)))
     if not errors:

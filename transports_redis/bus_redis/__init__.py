@@ -6,10 +6,7 @@ they fix its weak spots: atomic RPC enqueue, concurrency, at-least-once events w
 and dead letters, and workers that survive malformed messages and Redis restarts.
 """
 
-from bus_redis.event import RedisEventTransport
-from bus_redis.result import RedisResultTransport
-from bus_redis.rpc import RedisRpcTransport
-from bus_redis.schema import RedisSchemaTransport
+from typing import Any
 
 __all__ = [
     "RedisEventTransport",
@@ -17,3 +14,16 @@ __all__ = [
     "RedisRpcTransport",
     "RedisSchemaTransport",
 ]
+_MODULES = {"RedisEventTransport": "event", "RedisResultTransport": "result",
+            "RedisRpcTransport": "rpc", "RedisSchemaTransport": "schema"}
+
+
+def __getattr__(name: str) -> Any:
+    """The transports load (with redis-py) when first named: the plugin's entry point, which
+    every `bus` command loads, stays light."""
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bus_redis' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"bus_redis.{module}"), name)

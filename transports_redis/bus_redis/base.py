@@ -23,18 +23,11 @@ from bus_redis.connection import (
     server_facts,
     slot_of,
 )
+from bus_redis.options import OPTIONS_SCHEMA as OPTIONS_SCHEMA
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-OPTIONS_SCHEMA: dict[str, Any] = {
-    "url": {"type": "string", "pattern": "^(rediss?(\\+(sentinel|cluster))?|unix)://",
-            "description": "redis://[user:password@]host:port/db, rediss:// for TLS, "
-                           "redis+sentinel://host:26379,.../master-name/db for Sentinel, "
-                           "redis+cluster://host:port,.../ for a Redis Cluster"},
-    "max_connections": {"type": "integer", "minimum": 2},
-    "socket_timeout": {"type": ["number", "null"], "exclusiveMinimum": 0},
-}
 
 
 class Scripts:

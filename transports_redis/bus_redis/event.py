@@ -43,9 +43,10 @@ from bus_core.transports import (
     EventTransport,
     GroupInfo,
 )
-from bus_redis.base import OPTIONS_SCHEMA, Batcher, Probe, RedisTransport, Scripts
+from bus_redis.base import Batcher, Probe, RedisTransport, Scripts
 from bus_redis.connection import BlockingClient, redact, redis_call
 from bus_redis.dead_letters import RedisDeadLetters, replay_for_other_group
+from bus_redis.options import EVENT_OPTIONS
 
 logger = logging.getLogger("bus.redis.event")
 METADATA_FIELDS = ("id", "api_name", "event_name", "version")
@@ -56,38 +57,7 @@ HEADERS_FIELD = ""
 CHECK_EVENT = "any_event"  # with stream_use per_event, the event whose stream is probed
 SETTLE_POLL = 0.05  # seconds a read blocks at most while handed-out events are unsettled
 
-OPTIONS = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        **OPTIONS_SCHEMA,
-        "stream_use": {"enum": ["per_api", "per_event"]},
-        "max_stream_length": {"type": ["integer", "null"], "minimum": 1},
-        "batch_size": {"type": "integer", "minimum": 1},
-        "blocking_timeout": {"type": "number", "exclusiveMinimum": 0},
-        "claim_idle": {"type": "number", "exclusiveMinimum": 0,
-                       "description": "seconds an entry stays pending on a silent consumer "
-                                      "before another consumer reclaims it"},
-        "reclaim_interval": {"type": "number", "exclusiveMinimum": 0},
-        "forget_consumers_after": {
-            "type": ["number", "null"], "minimum": 0,
-            "description": "seconds a listener group's consumer may sit idle holding nothing "
-                           "before a starting worker deletes it (null: never)"},
-        "dead_letter_suffix": {"type": "string", "minLength": 1},
-        "min_replicas": {
-            "type": "integer", "minimum": 0,
-            "description": "a fire returns only once this many replicas have the entry "
-                           "(WAIT after the XADD); 0: as soon as the master has it"},
-        "min_replicas_timeout": {
-            "type": "number", "exclusiveMinimum": 0,
-            "description": "seconds a fire waits for min_replicas before it fails"},
-        "min_replicas_for_acks": {
-            "type": "boolean",
-            "description": "also WAIT for min_replicas after acknowledging handled events "
-                           "(a warning when they do not confirm: fewer redeliveries after a "
-                           "failover)"},
-    },
-}
+OPTIONS = EVENT_OPTIONS
 
 
 # Delete the group's consumers (but ARGV[2], the caller) that hold no pending entry and were

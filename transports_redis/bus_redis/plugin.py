@@ -13,8 +13,8 @@ from typing import Any
 
 from bus_core import hookimpl
 from bus_core.config import register_format, register_lightbus_options
-from bus_redis import event, result, rpc, schema
-from bus_redis.connection import DEFAULT_URL, URL_OPTIONS, url_problem
+from bus_redis.options import EVENT_OPTIONS, RESULT_OPTIONS, RPC_OPTIONS, SCHEMA_OPTIONS
+from bus_redis.urls import DEFAULT_URL, URL_OPTIONS, url_problem
 
 URL_FORMAT = "bus-redis-url"
 register_format(URL_FORMAT, url_problem)
@@ -29,12 +29,27 @@ def checked_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
+def _lazy(module: str, name: str) -> Any:
+    """A factory that imports its transport class (and redis-py) on first use, so listing
+    plugins or `bus --help` never pays for them."""
+    def make(**options: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(f"bus_redis.{module}"), name)(**options)
+
+    make.__qualname__ = make.__name__ = name
+    return make
+
+
 @hookimpl
 def bus_register_transports(register: Any) -> None:
-    register("rpc", "redis", rpc.RedisRpcTransport, checked_options(rpc.OPTIONS))
-    register("result", "redis", result.RedisResultTransport, checked_options(result.OPTIONS))
-    register("event", "redis", event.RedisEventTransport, checked_options(event.OPTIONS))
-    register("schema", "redis", schema.RedisSchemaTransport, checked_options(schema.OPTIONS))
+    register("rpc", "redis", _lazy("rpc", "RedisRpcTransport"), checked_options(RPC_OPTIONS))
+    register("result", "redis", _lazy("result", "RedisResultTransport"),
+             checked_options(RESULT_OPTIONS))
+    register("event", "redis", _lazy("event", "RedisEventTransport"),
+             checked_options(EVENT_OPTIONS))
+    register("schema", "redis", _lazy("schema", "RedisSchemaTransport"),
+             checked_options(SCHEMA_OPTIONS))
 
 
 # -- Lightbus 1.x options -----------------------------------------------------------------

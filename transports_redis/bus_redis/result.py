@@ -48,7 +48,6 @@ from bus_core.runtime import time_out
 from bus_core.transports import MalformedRpc, ResultTransport
 from bus_redis.base import (
     CHECK_ID,
-    OPTIONS_SCHEMA,
     Batcher,
     Probe,
     RedisTransport,
@@ -58,6 +57,7 @@ from bus_redis.base import (
     settle_each,
 )
 from bus_redis.connection import BlockingClient, redact, redis_call
+from bus_redis.options import RESULT_OPTIONS
 
 logger = logging.getLogger("bus.redis.result")
 RETURN_PATH_PREFIX = "redis+key://"
@@ -68,29 +68,7 @@ MAX_DEAD_WORKERS = 1000  # dead workers remembered (their stale claims are ignor
 _HEX = frozenset("0123456789abcdef")
 _shared_keys_seen: set[str] = set()  # shared reply keys found valid (a client reuses one)
 
-OPTIONS = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        **OPTIONS_SCHEMA,
-        "result_ttl": {"type": "number", "exclusiveMinimum": 0},
-        "reply_list": {"enum": ["shared", "per_call"],
-                       "description": "shared: one reply list per client (fast); per_call: "
-                                      "Lightbus's {api}.{rpc}:result:{id} key per call"},
-        "max_unclaimed_results": {
-            "type": "integer", "minimum": 1,
-            "description": "results kept (for result_ttl) that arrived on the shared reply "
-                           "list with no call waiting for them; beyond it the oldest go"},
-        "max_unclaimed_bytes": {
-            "type": "integer", "minimum": 1024,
-            "description": "bytes of such results kept, at most; beyond it the oldest go"},
-        "worker_check_interval": {
-            "type": ["number", "null"], "exclusiveMinimum": 0,
-            "description": "seconds between a caller's checks that the workers running its "
-                           "calls are alive (shared reply list only); null: no checks, "
-                           "calls of a dead worker wait for their timeout"},
-    },
-}
+OPTIONS = RESULT_OPTIONS
 
 
 def claim_key(message_id: str) -> str:

@@ -31,7 +31,6 @@ from bus_core.messages import RpcMessage, rpc_to_blob
 from bus_core.transports import MalformedRpc, RpcConsumer, RpcTransport, decode_call
 from bus_redis.base import (
     CHECK_ID,
-    OPTIONS_SCHEMA,
     Batcher,
     Probe,
     RedisTransport,
@@ -40,23 +39,10 @@ from bus_redis.base import (
     settle_each,
 )
 from bus_redis.connection import BlockingClient, acquire, hash_tagged, redis_call, release
+from bus_redis.options import RPC_OPTIONS
 from bus_redis.result import RETURN_PATH_PREFIX, SHARED_PREFIX, claim_key, cluster_claim_key
 
-OPTIONS = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        **OPTIONS_SCHEMA,
-        "batch_size": {"type": "integer", "minimum": 1},
-        "blocking_timeout": {"type": "number", "exclusiveMinimum": 0},
-        "worker_ttl": {
-            "type": ["number", "null"], "minimum": 0.1,
-            "description": "seconds a worker's liveness key outlives its last heartbeat "
-                           "(refreshed 5 times as often): callers learn of a dead worker "
-                           "about this long after it died; null: no liveness key and no "
-                           "claim records (callers of a dead worker wait for their timeout)"},
-    },
-}
+OPTIONS = RPC_OPTIONS
 
 
 logger = logging.getLogger("bus.redis.rpc")

@@ -9,10 +9,11 @@ from typing import Any
 
 from bus_core.messages import valid_api_name
 from bus_core.transports import SchemaTransport
-from bus_redis.base import OPTIONS_SCHEMA, Probe, RedisTransport
+from bus_redis.base import Probe, RedisTransport
 from bus_redis.connection import redis_call
+from bus_redis.options import SCHEMA_OPTIONS
 
-OPTIONS = {"type": "object", "additionalProperties": False, "properties": dict(OPTIONS_SCHEMA)}
+OPTIONS = SCHEMA_OPTIONS
 SCHEMA_SET = "schemas"
 
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from bus_core.errors import ConfigError, UnknownApi
 from bus_schema.generate import api_schema
-from bus_schema.validation import CompiledSchema
 
 if TYPE_CHECKING:
     from bus_core.client import BusClient
+    from bus_schema.validation import CompiledSchema
 
 logger = logging.getLogger("bus.schema")
 
@@ -157,6 +157,8 @@ class SchemaStore:
             label = "RPC" if kind == "rpcs" else "event"
             self._unknown(f"{label} {api_name}.{name}", api_name, strict)
             return None
+        from bus_schema.validation import CompiledSchema  # jsonschema, on first use
+
         compiled = self._compiled[key] = CompiledSchema(member[part])
         return compiled
 
