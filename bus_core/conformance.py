@@ -52,6 +52,7 @@ except ImportError as exc:  # the kit is for test suites; bus-core does not depe
     raise ImportError("bus_core.conformance is a pytest suite: pip install pytest") from exc
 
 from bus_core.default_plugins.json_serializer import JsonSerializer
+from bus_core.errors import RpcWorkerLost
 from bus_core.messages import EventMessage, ResultMessage, RpcMessage, rpc_to_blob
 from bus_core.transports import (
     EventConsumer,
@@ -646,6 +647,10 @@ class RpcTransportSuite(_CallsSuite):
     """The RpcTransport and RpcConsumer contracts (return paths come from the factory's
     "result" transport, as they do in a client)."""
 
+    reports_lost_workers: ClassVar[bool] = False
+    """Set True when the result transport raises RpcWorkerLost once the consumer that took
+    a call closed without answering it (memory, Redis); False skips that test."""
+
     def test_a_call_reaches_a_consumer_of_its_api(self, transports: Transports) -> None:
         async def body(kit: Transports) -> None:
             rpcs, results = await kit.make("rpc"), await kit.make("result")
@@ -766,6 +771,34 @@ class RpcTransportSuite(_CallsSuite):
             await worker_results.send_result(call, answer, call.return_path)
             got = await waiting
             assert (got.rpc_message_id, got.result, got.error) == (sent.id, 40, False)
+
+        self.run(transports, body)
+
+    def test_a_caller_learns_that_its_worker_stopped_without_answering(
+            self, transports: Transports) -> None:
+        if not self.reports_lost_workers:
+            pytest.skip("reports_lost_workers is False: callers of this transport wait for "
+                        "their timeout when a worker dies")
+
+        async def body(kit: Transports) -> None:
+            rpcs, results = await kit.make("rpc"), await kit.make("result")
+            worker = await kit.make("rpc", process="worker")
+            consumer = kit.keep(await worker.open_consumer([kit.api]))
+            consumer.idempotent_rpcs = frozenset({(kit.api, self.procedure)})
+            sent = await self.call(kit, rpcs, results, 1)
+            waiting = asyncio.ensure_future(
+                results.receive_result(sent, sent.return_path, self.test_timeout))
+            [call] = await self.take(consumer, 1)
+            assert isinstance(call, RpcMessage)
+            await consumer.close()  # stopped, the call unanswered
+            try:
+                await asyncio.wait_for(waiting, self.wait)
+            except RpcWorkerLost as lost:
+                assert lost.idempotent is True, "the worker declared the RPC idempotent"
+            except asyncio.TimeoutError:
+                pytest.fail(f"the caller still waits {self.wait}s after its worker stopped")
+            else:
+                pytest.fail("a result arrived for a call nobody answered")
 
         self.run(transports, body)
 

@@ -19,7 +19,7 @@ FAULTY = textwrap.dedent('''
     import pytest
     from bus_memory import (MemoryEventTransport, MemoryResultTransport, MemoryRpcTransport,
                             MemorySchemaTransport)
-    from bus_memory.transports import MemoryEventConsumer
+    from bus_memory.transports import MemoryEventConsumer, MemoryRpcConsumer
 
     from bus_core.conformance import (EventTransportSuite, ResultTransportSuite,
                                       RpcTransportSuite, SchemaTransportSuite)
@@ -41,7 +41,15 @@ FAULTY = textwrap.dedent('''
             return ForgetfulConsumer(self, good.subscriptions, good.consumer_id)
 
 
+    class SilentRpcConsumer(MemoryRpcConsumer):
+        async def close(self):  # fault: its callers are not told it stopped
+            return None
+
+
     class FaultyRpcs(MemoryRpcTransport):
+        async def open_consumer(self, api_names):
+            return SilentRpcConsumer(self, list(api_names))
+
         async def call_rpc(self, message, *, timeout):  # fault: calls never expire
             await super().call_rpc(message, timeout=3600)
 
@@ -76,6 +84,8 @@ FAULTY = textwrap.dedent('''
 
     class TestRpcs(RpcTransportSuite):
         quiet = 0.1
+        wait = 2.0
+        reports_lost_workers = True
 
 
     class TestResults(ResultTransportSuite):
@@ -94,6 +104,7 @@ EXPECTED_FAILURES = {
     "TestEvents::test_since_does_not_move_an_existing_listener",
     "TestEvents::test_a_dead_letter_is_not_delivered_again",
     "TestRpcs::test_an_expired_call_is_dropped_unseen",
+    "TestRpcs::test_a_caller_learns_that_its_worker_stopped_without_answering",
     "TestRpcs::test_a_lock_has_one_owner_at_a_time",
     "TestRpcs::test_a_lock_expires_after_its_ttl",
     "TestResults::test_no_result_is_a_timeout",

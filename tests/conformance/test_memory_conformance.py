@@ -41,6 +41,7 @@ class TestMemoryEvents(EventTransportSuite):
 
 class TestMemoryRpcs(RpcTransportSuite):
     quiet = 0.1
+    reports_lost_workers = True
 
 
 class TestMemoryResults(ResultTransportSuite):

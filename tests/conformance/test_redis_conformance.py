@@ -46,7 +46,7 @@ class TestRedisEvents(EventTransportSuite):
 
 
 class TestRedisRpcs(RpcTransportSuite):
-    pass
+    reports_lost_workers = True
 
 
 class TestRedisResults(ResultTransportSuite):
