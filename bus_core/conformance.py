@@ -31,7 +31,9 @@ What is checked: listener groups (every listener name hears every event, consume
 name share the load, services do not share groups), acknowledgement, redelivery with its
 delay, dead letters, deliveries of a closed consumer reaching another one, `since`,
 history, lag, malformed entries, RPC queues (only its APIs, at most `limit`, each call taken
-once, expiry), locks, return paths and results, schema storage and TTL.
+once, expiry), lost workers (optional), locks, return paths and results, schema storage and
+TTL; and `BusSuite` runs real clients (`bus_core.create()`) over the transports, given a
+`bus_transport_selection` fixture.
 """
 
 from __future__ import annotations
@@ -70,13 +72,18 @@ from bus_core.transports import (
 )
 
 __all__ = [
-    "EventTransportSuite", "ResultTransportSuite", "RpcTransportSuite", "SchemaTransportSuite",
-    "TransportFactory", "TransportSuite", "Transports",
+    "BusSuite", "EventTransportSuite", "ResultTransportSuite", "RpcTransportSuite",
+    "SchemaTransportSuite", "TransportFactory", "TransportSuite", "Transports",
 ]
 
 FACTORY_FIXTURE = "bus_transport_factory"
 T = TypeVar("T")
 _ids = itertools.count(1)
+
+
+def unique_api_name(prefix: str = "conf") -> str:
+    """An API name no other test (nor another process sharing the backend) uses."""
+    return f"{prefix}_{os.getpid()}_{next(_ids)}_{uuid.uuid4().hex[:6]}"
 
 
 class TransportFactory(Protocol):
@@ -104,10 +111,8 @@ class Transports:
         self.made: list[Transport] = []
         self.consumers: list[EventConsumer | RpcConsumer] = []
         self.serializer = JsonSerializer()
-        # API names no other test (nor another process sharing the backend) uses.
-        tag = f"{os.getpid()}_{next(_ids)}_{uuid.uuid4().hex[:6]}"
-        self.api = f"conf_{tag}"
-        self.other_api = f"conf_other_{tag}"
+        self.api = unique_api_name()
+        self.other_api = unique_api_name("conf_other")
 
     async def make(self, kind: str, *, service: str = "svc", process: str = "proc",
                    serializer: Serializer | None = None) -> Any:
@@ -985,6 +990,117 @@ class SchemaTransportSuite(TransportSuite):
             assert (await schemas.load()).get(kit.other_api) == {"long": True}
 
         self.run(transports, body)
+
+
+# -- a whole bus ----------------------------------------------------------------------------
+
+SELECTION_FIXTURE = "bus_transport_selection"
+
+
+class BusSuite(TransportSuite):
+    """The transports under a real Bus: a worker process's client serving an API and a
+    listener, and a caller's client, as `bus_core.create()` builds them from a config.
+
+    Needs a fixture named `bus_transport_selection` returning, per kind ("rpc", "result",
+    "event", "schema"), the config's selection, e.g. `{"sqlite": {"path": ...}}`. Set
+    `plugins` to the plugin modules to register when they are not installed (found through
+    their entry point)."""
+
+    plugins: ClassVar[Sequence[object]] = ()
+
+    @pytest.fixture
+    def buses(self, request: pytest.FixtureRequest) -> Any:
+        try:
+            selection = request.getfixturevalue(SELECTION_FIXTURE)
+        except pytest.FixtureLookupError:
+            pytest.fail(f"BusSuite needs a fixture named {SELECTION_FIXTURE!r} that returns "
+                        "{kind: {transport_name: {options}}} for rpc, result, event and "
+                        "schema (see bus_core.conformance)", pytrace=False)
+        import bus_core
+
+        config = {
+            "bus": {"schema": {"transport": selection["schema"]}, "drain_timeout": 5},
+            "apis": {"default": {
+                "rpc_transport": selection["rpc"], "result_transport": selection["result"],
+                "event_transport": selection["event"], "rpc_timeout": self.wait,
+                "redelivery_delay": 0, "max_deliveries": 2,
+            }},
+        }
+        made: list[Any] = []
+
+        def make(service_name: str) -> Any:
+            bus = bus_core.create(config, plugins=list(self.plugins),
+                                  service_name=service_name)
+            made.append(bus)
+            return bus
+
+        yield make
+        for bus in reversed(made):
+            bus.client.close()
+
+    @staticmethod
+    def api_class(name: str) -> type:
+        """An API named `name`: RPCs `add` and `fail`, event `happened(n)`."""
+        from bus_core import Api, Event
+
+        def add(self: Any, a: int, b: int) -> int:
+            return a + b
+
+        def fail(self: Any) -> None:
+            raise ValueError("refused on purpose")
+
+        meta = type("Meta", (), {"name": name})
+        return type("ConformanceApi", (Api,), {
+            "Meta": meta, "happened": Event(parameters=["n"]), "add": add, "fail": fail})
+
+    def until_sync(self, check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.wait
+        while not check():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}")
+            time.sleep(0.02)
+
+    def test_a_call_is_served_by_a_worker_and_answered(self, buses: Any) -> None:
+        from bus_core import RemoteError
+
+        name = unique_api_name()
+        service, caller = buses("conformance_service"), buses("conformance_caller")
+        service.client.register_api(self.api_class(name)())
+        service.client.start_worker()
+        assert caller.client.call_rpc(name, "add", {"a": 2, "b": 3}) == 5
+        with pytest.raises(RemoteError, match="refused on purpose"):
+            caller.client.call_rpc(name, "fail", {})
+
+    def test_an_event_reaches_each_listener_once(self, buses: Any) -> None:
+        name = unique_api_name()
+        service, listener = buses("conformance_service"), buses("conformance_listener")
+        service.client.register_api(self.api_class(name)())
+        heard: list[int] = []
+        listener.client.listen((name, "happened"), lambda event, n: heard.append(n),
+                               listener_name="hear")
+        listener.client.start_worker()
+        for n in range(3):
+            service.client.fire(name, "happened", {"n": n})
+        self.until_sync(lambda: len(heard) >= 3, "three events to be handled")
+        time.sleep(self.quiet)  # nothing more may come: each was acknowledged once
+        assert sorted(heard) == [0, 1, 2]
+
+    def test_a_failing_handler_is_retried_then_dead_lettered(self, buses: Any) -> None:
+        name = unique_api_name()
+        service, listener = buses("conformance_service"), buses("conformance_listener")
+        service.client.register_api(self.api_class(name)())
+        tries: list[int] = []
+
+        def handler(event: Any, n: int) -> None:
+            tries.append(n)
+            raise RuntimeError("this handler always fails")
+
+        listener.client.listen((name, "happened"), handler, listener_name="fragile")
+        listener.client.start_worker()
+        service.client.fire(name, "happened", {"n": 1})
+        self.until_sync(lambda: len(tries) >= 2, "the event to be delivered twice")
+        time.sleep(self.quiet + 0.5)  # max_deliveries is 2: dead-lettered, never a third
+        assert tries == [1, 1]
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ FAULTY = textwrap.dedent('''
                             MemorySchemaTransport)
     from bus_memory.transports import MemoryEventConsumer, MemoryRpcConsumer
 
-    from bus_core.conformance import (EventTransportSuite, ResultTransportSuite,
+    from bus_core import hookimpl
+    from bus_core.conformance import (BusSuite, EventTransportSuite, ResultTransportSuite,
                                       RpcTransportSuite, SchemaTransportSuite)
 
     _brokers = itertools.count()
@@ -32,6 +33,9 @@ FAULTY = textwrap.dedent('''
             return None
 
         async def redeliver(self, delivery, delay):  # fault: ignores the delay
+            await super().redeliver(delivery, 0)
+
+        async def dead_letter(self, delivery, reason):  # fault: gives it back instead
             await super().redeliver(delivery, 0)
 
 
@@ -77,6 +81,19 @@ FAULTY = textwrap.dedent('''
         return lambda kind, **context: CLASSES[kind](broker=broker, **context)
 
 
+    class FaultyPlugin:
+        @hookimpl
+        def bus_register_transports(self, register):
+            for kind, cls in CLASSES.items():
+                register(kind, "faulty", cls)
+
+
+    @pytest.fixture
+    def bus_transport_selection():
+        choice = {"faulty": {"broker": f"faulty-bus-{next(_brokers)}"}}
+        return {"rpc": choice, "result": choice, "event": choice, "schema": choice}
+
+
     class TestEvents(EventTransportSuite):
         quiet = 0.1
         reclaim_after = 0.5
@@ -95,6 +112,10 @@ FAULTY = textwrap.dedent('''
     class TestSchemas(SchemaTransportSuite):
         schema_ttl = 0.3
         wait = 1.0
+
+
+    class TestBus(BusSuite):
+        plugins = (FaultyPlugin(),)
 ''')
 
 EXPECTED_FAILURES = {
@@ -103,6 +124,8 @@ EXPECTED_FAILURES = {
     "TestEvents::test_redeliver_gives_it_back_after_the_delay",
     "TestEvents::test_since_does_not_move_an_existing_listener",
     "TestEvents::test_a_dead_letter_is_not_delivered_again",
+    "TestEvents::test_a_malformed_entry_is_a_delivery_with_a_problem",
+    "TestBus::test_a_failing_handler_is_retried_then_dead_lettered",
     "TestRpcs::test_an_expired_call_is_dropped_unseen",
     "TestRpcs::test_a_caller_learns_that_its_worker_stopped_without_answering",
     "TestRpcs::test_a_lock_has_one_owner_at_a_time",

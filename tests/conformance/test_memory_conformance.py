@@ -13,6 +13,7 @@ from bus_memory import (
 )
 
 from bus_core.conformance import (
+    BusSuite,
     EventTransportSuite,
     ResultTransportSuite,
     RpcTransportSuite,
@@ -50,3 +51,13 @@ class TestMemoryResults(ResultTransportSuite):
 
 class TestMemorySchemas(SchemaTransportSuite):
     schema_ttl = 0.3
+
+
+@pytest.fixture
+def bus_transport_selection(broker_name: str) -> dict[str, Any]:
+    choice = {"memory": {"broker": broker_name}}
+    return {"rpc": choice, "result": choice, "event": choice, "schema": choice}
+
+
+class TestMemoryBus(BusSuite):
+    pass

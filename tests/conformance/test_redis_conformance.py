@@ -14,6 +14,7 @@ from bus_redis import (
 )
 
 from bus_core.conformance import (
+    BusSuite,
     EventTransportSuite,
     ResultTransportSuite,
     RpcTransportSuite,
@@ -55,3 +56,14 @@ class TestRedisResults(ResultTransportSuite):
 
 class TestRedisSchemas(SchemaTransportSuite):
     schema_ttl = 1.0  # Redis expires whole seconds
+
+
+@pytest.fixture
+def bus_transport_selection(redis_url: str) -> dict[str, Any]:  # noqa: F811
+    choice = {"redis": {"url": redis_url}}
+    return {"rpc": choice, "result": choice, "schema": choice,
+            "event": {"redis": {"url": redis_url, **OPTIONS["event"]}}}
+
+
+class TestRedisBus(BusSuite):
+    pass

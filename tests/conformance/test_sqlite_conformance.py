@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import bus_sqlite.plugin
 import pytest
 from bus_sqlite import (
     SqliteEventTransport,
@@ -15,6 +16,7 @@ from bus_sqlite import (
 )
 
 from bus_core.conformance import (
+    BusSuite,
     EventTransportSuite,
     ResultTransportSuite,
     RpcTransportSuite,
@@ -52,3 +54,13 @@ class TestSqliteResults(ResultTransportSuite):
 
 class TestSqliteSchemas(SchemaTransportSuite):
     schema_ttl = 0.3
+
+
+@pytest.fixture
+def bus_transport_selection(tmp_path: Path) -> dict[str, Any]:
+    choice = {"sqlite": {"path": str(tmp_path / "bus.sqlite3"), "poll_interval": 0.02}}
+    return {"rpc": choice, "result": choice, "event": choice, "schema": choice}
+
+
+class TestSqliteBus(BusSuite):
+    plugins = (bus_sqlite.plugin,)  # not installed: registered by hand
