@@ -210,6 +210,19 @@ def test_search_splits_dotted_and_underscored_names(site: str, browser: Any) -> 
         page.close()
 
 
+def test_searching_install_finds_the_install_page_first(site: str, browser: Any) -> None:
+    page = open_page(browser, site, take.DESKTOP)
+    try:
+        search = page.locator(".md-search__input")
+        search.click()
+        search.type("install", delay=20)
+        page.wait_for_selector(".md-search-result__item", timeout=WAIT_MS)
+        first = page.locator(".md-search-result__item a").first.get_attribute("href") or ""
+        assert first.split("#")[0].rstrip("/").endswith("install"), first
+    finally:
+        page.close()
+
+
 def test_diagrams_are_legible_on_a_phone_and_open_full_size(site: str, browser: Any) -> None:
     page = open_page(browser, site + "explanation/delivery/", take.PHONE)
     try:
