@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import typing
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bus_core import procedures
+from bus_core.deadlines import within
 from bus_core.errors import BusError, RpcTimeout, RpcWorkerLost, WireError
 from bus_core.logs import about, current_message
 from bus_core.message_path import (
@@ -84,7 +84,7 @@ async def _remote_result(client: BusClient, message: RpcMessage, rpc_transport: 
 async def _local_result(client: BusClient, message: RpcMessage,
                         timeout: float) -> ResultMessage:
     """Run the call here (`apis.<api>.local`), as a worker would, within its timeout."""
-    return await _within(
+    return await within(
         procedures.execute(client, message, with_traceback=client.send_tracebacks), timeout)
 
 
@@ -186,7 +186,7 @@ async def send_event(client: BusClient, message: EventMessage,
         started = now()
         try:
             if transport.send_may_block:
-                await _within(transport.send_event(message), timeout)
+                await within(transport.send_event(message), timeout)
             else:
                 await transport.send_event(message)
         except (TimeoutError, asyncio.TimeoutError):
@@ -221,7 +221,7 @@ async def send_events(client: BusClient, messages: Sequence[EventMessage],
     started = now()
     try:
         if transport.send_may_block:
-            await _within(transport.send_events(messages), timeout)
+            await within(transport.send_events(messages), timeout)
         else:
             await transport.send_events(messages)
     except (TimeoutError, asyncio.TimeoutError):
@@ -237,13 +237,3 @@ async def send_events(client: BusClient, messages: Sequence[EventMessage],
     for message in messages:
         await hooks.after_event_fire(client, message, None, now() - started)
     logger.debug("fired %d %s events", len(messages), messages[0].canonical_name)
-
-
-if sys.version_info >= (3, 11):
-    async def _within(awaitable: Coroutine[Any, Any, T], seconds: float) -> T:
-        """Await with a time limit; asyncio.timeout makes no extra task, unlike wait_for."""
-        async with asyncio.timeout(seconds):
-            return await awaitable
-else:  # pragma: no cover - Python 3.10
-    async def _within(awaitable: Coroutine[Any, Any, T], seconds: float) -> T:
-        return await asyncio.wait_for(awaitable, seconds)

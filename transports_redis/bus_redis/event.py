@@ -140,6 +140,10 @@ class RedisEventTransport(RedisDeadLetters, RedisTransport, EventTransport):
         self.claim_idle = claim_idle
         self.reclaim_interval = reclaim_interval or claim_idle / 2
         self.dead_letter_suffix = dead_letter_suffix
+        # Decoding reads fields through the serializer itself: the size bound is checked
+        # once for the whole entry (each field is then within it too).
+        self._loads = getattr(self.serializer, "inner", self.serializer).loads
+        self._max_size: int | None = getattr(self.serializer, "max_size", None)
         self.forget_consumers_after = forget_consumers_after
         self._batcher: Batcher[tuple[str, dict[str, Any]], Any] = Batcher(self._send_batch)
 
@@ -227,6 +231,39 @@ class RedisEventTransport(RedisDeadLetters, RedisTransport, EventTransport):
 
     def _decode(self, stream: str, entry_id: str, fields: dict[bytes, bytes] | None,
                 delivery_count: int) -> EventDelivery | None:
+        """One pass over an entry whose field names are bytes (as Bus reads them); anything
+        else goes the general way (`_decode_fields`), which says what is wrong."""
+        if not fields:
+            return None
+        limit = self._max_size
+        if limit is not None and sum(map(len, fields.values())) > limit:
+            return self._decode_fields(stream, entry_id, fields, delivery_count)
+        loads = self._loads
+        kwargs: dict[str, Any] = {}
+        headers = None
+        try:
+            for raw_name, raw_value in fields.items():
+                if raw_name[:1] == b":":
+                    kwargs[raw_name[1:].decode("utf-8", "replace")] = loads(raw_value)
+                elif raw_name == b"" and raw_value:
+                    headers = _headers(raw_value)
+            message_id = fields[b"id"].decode()
+            api_name = fields[b"api_name"].decode()
+            event_name = fields[b"event_name"].decode()
+            version = int(fields[b"version"])
+        except Exception:  # a bad field, a missing or empty one: the general way says which
+            return self._decode_fields(stream, entry_id, fields, delivery_count)
+        if not (message_id and api_name and event_name) or names_problem(
+                message_id, api_name, "event_name", event_name) is not None:
+            return self._decode_fields(stream, entry_id, fields, delivery_count)
+        message = EventMessage(api_name=api_name, event_name=event_name, kwargs=kwargs,
+                               id=message_id, version=version, native_id=entry_id,
+                               time=datetime_from_stream_id(entry_id), headers=headers)
+        return EventDelivery(message=message, delivery_count=delivery_count, native_id=entry_id,
+                             stream=stream, raw=fields)
+
+    def _decode_fields(self, stream: str, entry_id: str, fields: dict[bytes, bytes] | None,
+                       delivery_count: int) -> EventDelivery | None:
         if not fields or set(fields) == {b""}:
             return None
         metadata: dict[str, str] = {}
@@ -493,6 +530,7 @@ class RedisEventConsumer(EventConsumer):
         self._outstanding: set[tuple[str, str]] = set()  # handed out, not yet settled
         self._heartbeat: asyncio.Task[None] | None = None
         self.wanted: set[tuple[str, str]] = set(wanted)
+        self.wanted_raw = {(api.encode(), event.encode()) for api, event in self.wanted}
         # Cluster mode: a blocking read of its own in flight per stream, and what the
         # finished ones brought beyond what was handed out (see _read_by_stream).
         self._reads: dict[str, asyncio.Task[list[Any]]] = {}
@@ -664,12 +702,14 @@ class RedisEventConsumer(EventConsumer):
     async def _deliveries(self, reply: Any, counts: dict[tuple[str, str], int]
                           ) -> list[EventDelivery]:
         deliveries, skipped = [], []
+        decode = self.transport.decode
         for raw_stream, entries in reply:
             stream = _text(raw_stream)
+            if entries:  # ids rise within a stream's reply: its last one is the newest seen
+                self._saw(stream, _text(entries[-1][0]))
             for raw_id, fields in entries:
                 entry_id = _text(raw_id)
-                self._saw(stream, entry_id)
-                delivery = None if self._unwanted(fields) else self.transport.decode(
+                delivery = None if self._unwanted(fields) else decode(
                     stream, entry_id, fields, counts.get((stream, entry_id), 1))
                 if delivery is None:
                     skipped.append((stream, entry_id))
@@ -691,7 +731,7 @@ class RedisEventConsumer(EventConsumer):
         if b"" in fields and replay_for_other_group(fields, self.group):
             return True
         api, event = fields.get(b"api_name"), fields.get(b"event_name")
-        if api is None or event is None:
+        if api is None or event is None or (api, event) in self.wanted_raw:
             return False
         names = (_text(api), _text(event))
         return names not in self.wanted and valid_api_name(names[0]) \
