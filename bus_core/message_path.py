@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bus_core.errors import InvalidArguments, RemoteError, WireError
-from bus_core.messages import ResultMessage, RpcMessage
+from bus_core.messages import EventMessage, ResultMessage, RpcMessage
 from bus_core.values import from_wire, to_wire
 
 _BUS_OPTIONS = ("timeout",)
@@ -213,12 +213,16 @@ class ServedRpc(_Incoming):
         self.names = frozenset(p.name for p in rpc.parameters)
         self.required = frozenset(p.name for p in rpc.parameters if p.required)
 
-    def arguments(self, where: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def arguments(self, message: RpcMessage) -> dict[str, Any]:
         """The procedure's keyword arguments from a received call's wire kwargs."""
+        kwargs = message.kwargs
         keys = kwargs.keys()
         if not (self.required <= keys and (self.rpc.accepts_extra or keys <= self.names)):
-            check_arguments(where, self.rpc.parameters, self.rpc.accepts_extra, kwargs)
-        return self.cast(where, kwargs)
+            check_arguments(f"{message.canonical_name}()", self.rpc.parameters,
+                            self.rpc.accepts_extra, kwargs)
+        if not self.casts:
+            return kwargs
+        return self.cast(f"{message.canonical_name}()", kwargs)
 
 
 class HandlerArguments(_Incoming):
@@ -234,18 +238,21 @@ class HandlerArguments(_Incoming):
         self.required = required
         self.accepts_extra = accepts_extra
 
-    def select(self, where: str, listener_name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def select(self, message: EventMessage, listener_name: str) -> dict[str, Any]:
         """The handler's keyword arguments from an event's wire kwargs; WireError when the
         event lacks one it requires, or a value does not cast."""
+        kwargs = message.kwargs
         if not self.accepts_extra and not kwargs.keys() <= self.names:
             kwargs = {k: v for k, v in kwargs.items() if k in self.names}
         if not self.required <= kwargs.keys():
             missing = self.required.difference(kwargs)
             raise WireError(
-                f"event {where} lacks parameter(s) {', '.join(sorted(missing))} that "
-                f"listener {listener_name!r} requires"
+                f"event {message.canonical_name} lacks parameter(s) "
+                f"{', '.join(sorted(missing))} that listener {listener_name!r} requires"
             )
-        return self.cast(where, kwargs)
+        if not self.casts:
+            return kwargs
+        return self.cast(message.canonical_name, kwargs)
 
 
 # -- timeouts and errors -----------------------------------------------------------------------

@@ -291,6 +291,23 @@ def event_to_blob(message: EventMessage) -> dict[str, Any]:
 def event_from_blob(blob: Any) -> EventMessage:
     """A received event; MalformedMessage if a field is missing, the version is not an
     integer, or its id or names are not valid."""
+    if type(blob) is dict:  # the usual well-formed event, checked in one go
+        metadata, kwargs = blob.get("metadata"), blob.get("kwargs", {})
+        if type(metadata) is dict and type(kwargs) is dict:
+            message_id, api_name = metadata.get("id"), metadata.get("api_name")
+            event_name, version = metadata.get("event_name"), metadata.get("version", 1)
+            if type(message_id) is str and type(api_name) is str and type(event_name) is str \
+                    and type(version) is int and message_id and api_name and event_name \
+                    and names_problem(message_id, api_name, "event_name", event_name) is None:
+                message = EventMessage(api_name=api_name, event_name=event_name, kwargs=kwargs,
+                                       id=message_id, version=version)
+                if HEADERS_KEY in blob:
+                    message.headers = valid_headers(blob[HEADERS_KEY])
+                return message
+    return _event_from_any_blob(blob)
+
+
+def _event_from_any_blob(blob: Any) -> EventMessage:
     metadata, kwargs = _split_blob(blob, "Event")
     try:
         version = int(metadata.get("version", 1))

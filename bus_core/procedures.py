@@ -25,7 +25,6 @@ async def execute(client: BusClient, message: RpcMessage, *,
     """Run the procedure `message` calls, with the execution hooks around it; its result,
     or an error result (`with_traceback`: Lightbus's full traceback) for whatever it or
     its arguments raised. Never raises an Exception."""
-    where = f"{message.api_name}.{message.procedure_name}()"
     hooks = client.hooks
     started = now()
     result: Any = None
@@ -38,16 +37,18 @@ async def execute(client: BusClient, message: RpcMessage, *,
             raise UnknownRpc(f"API {message.api_name!r} has no RPC "
                              f"{message.procedure_name!r}")
         await hooks.before_rpc_execution(client, message)
-        kwargs = procedure.arguments(where, message.kwargs)
-        result = to_wire(await client.call_user_code(procedure.function, procedure.is_async,
-                                                     **kwargs))
+        kwargs = procedure.arguments(message)
+        if procedure.is_async:
+            result = to_wire(await procedure.function(**kwargs))
+        else:
+            result = to_wire(await client.call_user_code(procedure.function, False, **kwargs))
         await hooks.before_rpc_result_sent(client, message, result)
     except Exception as exc:
         error = exc
     await hooks.after_rpc_execution(client, message, result, error, now() - started)
     if error is None:
         return ResultMessage(rpc_message_id=message.id, result=result)
-    logger.warning("%s raised %s: %s", where, type(error).__name__, error,
+    logger.warning("%s() raised %s: %s", message.canonical_name, type(error).__name__, error,
                    extra={"bus": message_fields(message)})
     await hooks.on_handler_error(client, message, None, error, "reply_error")
     return error_result(message, error, with_traceback=with_traceback)

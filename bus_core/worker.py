@@ -540,9 +540,11 @@ class Worker:
                 await self._undeclared(listener, message, declared)
             await client.hooks.before_event_handling(client, message, listener.name,
                                                      delivery.delivery_count)
-            kwargs = listener.arguments.select(message.canonical_name, listener.name,
-                                               message.kwargs)
-            await client.call_user_code(listener.handler, listener.is_async, message, **kwargs)
+            kwargs = listener.arguments.select(message, listener.name)
+            if listener.is_async:
+                await listener.handler(message, **kwargs)
+            else:
+                await client.call_user_code(listener.handler, False, message, **kwargs)
         except Exception as exc:
             error = exc
         await client.hooks.after_event_handling(client, message, listener.name, error,

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import pytest
 
-from bus_core import Parameter
+from bus_core import EventMessage, Parameter, RpcMessage
 from bus_core.api import MISSING
 from bus_core.errors import InvalidArguments, WireError
 from bus_core.message_path import (
@@ -41,6 +41,14 @@ HINTS: list[Any] = [Any, object, str, int, float, bool, str | None, int | None,
 VALUES: list[Any] = ["a", "", "b", 0, 7, -1, True, False, 1.5, 0.0, math.inf, math.nan, None,
                      [1, 2], {"k": 1}, dt.datetime(2026, 1, 1), uuid.UUID(int=1),
                      Decimal("1.5"), Colour.RED, b"x", object()]
+
+
+def _event(kwargs: dict[str, Any]) -> EventMessage:
+    return EventMessage(api_name="api", event_name="happened", kwargs=kwargs)
+
+
+def _call(kwargs: dict[str, Any]) -> RpcMessage:
+    return RpcMessage(api_name="api", procedure_name="run", kwargs=kwargs)
 
 
 def _outcome(run: Any, *args: Any) -> tuple[str, Any]:
@@ -72,7 +80,7 @@ def test_a_listener_casts_every_value_as_the_general_cast(hint: Any) -> None:
     arguments = HandlerArguments({"value": hint}, frozenset({"value"}), frozenset({"value"}),
                                  False)
     for value in VALUES:
-        compiled = _outcome(arguments.select, "api.happened", "l", {"value": value})
+        compiled = _outcome(arguments.select, _event({"value": value}), "l")
         general = _outcome(cast_kwargs, "api.happened", {"value": value}, {"value": hint})
         assert repr(compiled) == repr(general), (hint, value)  # repr: NaN is not NaN
         if compiled[0] == "ok":
@@ -100,18 +108,18 @@ def test_every_shape_of_arguments_is_judged_as_the_general_check(accepts_extra: 
         assert _outcome(call.wire, kwargs)[0] == general[0], kwargs
         if general[0] != "ok":
             assert _outcome(call.wire, kwargs) == general
-            assert _outcome(served.arguments, "api.run()", kwargs) == general
+            assert _outcome(served.arguments, _call(kwargs)) == general
         else:
-            assert served.arguments("api.run()", dict(kwargs)) == kwargs
+            assert served.arguments(_call(dict(kwargs))) == kwargs
 
 
 def test_a_handler_gets_only_the_parameters_it_names_and_is_told_what_is_missing() -> None:
     arguments = HandlerArguments({"n": int}, frozenset({"n", "m"}), frozenset({"n"}), False)
-    assert arguments.select("api.e", "l", {"n": 1, "extra": 2}) == {"n": 1}
+    assert arguments.select(_event({"n": 1, "extra": 2}), "l") == {"n": 1}
     with pytest.raises(WireError, match="lacks parameter\\(s\\) n that listener 'l'"):
-        arguments.select("api.e", "l", {"m": 1})
+        arguments.select(_event({"m": 1}), "l")
     taking_all = HandlerArguments({}, frozenset(), frozenset(), True)
-    assert taking_all.select("api.e", "l", {"x": 1}) == {"x": 1}
+    assert taking_all.select(_event({"x": 1}), "l") == {"x": 1}
 
 
 def test_only_exact_and_optional_exact_hints_skip_the_check() -> None:
@@ -133,3 +141,46 @@ def test_defaults_are_filled_in_and_converted_like_given_values() -> None:
         kwargs = dict(zip(("a", "tag"), combination, strict=True))
         assert _outcome(outgoing.wire, kwargs) == _outcome(
             wire_kwargs, "api.happened", {"at": when, **kwargs}, parameters)
+
+
+def _blob_variants() -> list[Any]:
+    good = {"metadata": {"id": "e-1", "api_name": "auth", "event_name": "registered",
+                         "version": 2}, "kwargs": {"username": "a"}}
+    variants: list[Any] = [good, {**good, "headers": {"traceparent": "00-x"}},
+                           {**good, "headers": {"k": 1}}, {"metadata": good["metadata"]},
+                           [], "text", None, {"metadata": []}, {**good, "kwargs": []}]
+    for key, values in {"id": [None, "", 7, "a\nb", "x" * 300],
+                        "api_name": [None, "", "bad name", 3, "a.b"],
+                        "event_name": [None, "", "a.b", "ok_name"],
+                        "version": [None, "3", 2.0, True, "x", [], 10 ** 30]}.items():
+        for value in values:
+            metadata = dict(good["metadata"])
+            if value is None:
+                del metadata[key]
+            else:
+                metadata[key] = value
+            variants.append({**good, "metadata": metadata})
+    return variants
+
+
+def test_the_quick_event_decoding_decodes_exactly_as_the_general_one() -> None:
+    from bus_core.messages import _event_from_any_blob, event_from_blob
+
+    for blob in _blob_variants():
+        quick = _outcome_any(event_from_blob, blob)
+        general = _outcome_any(_event_from_any_blob, blob)
+        if quick[0] == "ok":
+            quick = ("ok", {**vars_of(quick[1]), "id": quick[1].id})
+            general = ("ok", {**vars_of(general[1]), "id": general[1].id})
+        assert quick == general, blob
+
+
+def _outcome_any(run: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        return "ok", run(*args)
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+
+
+def vars_of(message: EventMessage) -> dict[str, Any]:
+    return {name: getattr(message, name) for name in message.__slots__}
