@@ -11,7 +11,11 @@ to it over a pipe. Every role connects, sends ("ready",), then obeys commands un
 - caller: ("call", "seq", n) -> n calls one after another, replies ("ran", t0, t1,
   latencies); ("call", "many", n) -> n calls by CONCURRENCY tasks at once, replies ("ran",
   t0, t1, []);
-- worker: serves calls until ("stop",).
+- worker: serves calls until ("stop",);
+- backlog: producer ("fill", n) -> puts n events on a stream of their own (the backlog API;
+  raw: pipelines of XADDs), replies ("filled",); consumer ("drain", n, k) -> starts a new
+  listener (raw: a new group) at the start of that stream, replies ("drained", t0, t1)
+  once it has handled all n.
 
 Any role answers ("cpu",) with its CPU seconds so far. With a profile prefix, a role runs
 under cProfile after ("profile", label), one profile per label (see redis_bench.py
@@ -40,6 +44,8 @@ READ_COUNT = 100  # XREADGROUP COUNT and BLMPOP COUNT of the raw consumers and w
 MAXLEN = 100_000  # approximate stream cap, the Bus default (max_stream_length)
 
 RAW_STREAM = "raw.*:stream"
+RAW_BACKLOG_STREAM = "rawbacklog.*:stream"
+FILL_CHUNK = 1000  # events per fire_many / XADD pipeline when filling the backlog
 RAW_GROUP = "raw-counter"
 RAW_SEQ_QUEUE = "raw:rpc_queue:seq"
 RAW_MANY_QUEUE = "raw:rpc_queue:many"
@@ -169,6 +175,16 @@ class BenchApi(Api):
         return a + b
 
 
+class BacklogApi(Api):
+    """The backlog row's event, on a stream of its own (bench.tick's stream holds the other
+    rows' events)."""
+
+    item = Event(parameters=("n",))
+
+    class Meta:
+        name = "backlog"
+
+
 def make_bus(url: str, service_name: str, *, serve: bool = False) -> Bus:
     """A bus on the benchmark's Redis, default settings but long timeouts; `serve` registers
     BenchApi (to serve its RPC, or to be allowed to fire its event)."""
@@ -182,6 +198,7 @@ def make_bus(url: str, service_name: str, *, serve: bool = False) -> Bus:
     bus = bus_core.create(config, service_name=service_name)
     if serve:
         bus.client.register_api(BenchApi())
+        bus.client.register_api(BacklogApi())
     return bus
 
 
@@ -192,6 +209,12 @@ async def bus_producer(control: Control, url: str, profiles: Profiles) -> None:
     fire = bus.bench.tick.fire_async
 
     async def handle(command: tuple[Any, ...]) -> None:
+        if command[0] == "fill":
+            for first in range(0, command[1], FILL_CHUNK):
+                await bus.backlog.item.fire_many_async(
+                    [{"n": i} for i in range(first, min(first + FILL_CHUNK, command[1]))])
+            control.send("filled")
+            return
         _, mode, n = command
         started = time.perf_counter()
         if mode == "awaited":
@@ -220,7 +243,27 @@ async def bus_consumer(control: Control, url: str, profiles: Profiles) -> None:
     worker = bus.client.worker()
     await worker.start()
 
+    async def drain(n: int, k: int) -> None:
+        drained = asyncio.Event()
+        handled = 0
+
+        async def on_item(event: Any, n: int) -> None:
+            nonlocal handled
+            handled += 1
+            if handled == count:
+                drained.set()
+
+        count = n
+        started = time.perf_counter()
+        await bus.client.listen_async("backlog.item", on_item, listener_name=f"drain{k}",
+                                      since="0")
+        await drained.wait()
+        control.send("drained", started, time.perf_counter())
+
     async def handle(command: tuple[Any, ...]) -> None:
+        if command[0] == "drain":
+            await drain(command[1], command[2])
+            return
         counter.expect(command[1])
 
     try:
@@ -292,6 +335,14 @@ async def raw_producer(control: Control, url: str, profiles: Profiles) -> None:
                 ":n": b"%d" % i}
 
     async def handle(command: tuple[Any, ...]) -> None:
+        if command[0] == "fill":
+            for first in range(0, command[1], FILL_CHUNK):
+                pipe = redis.pipeline(transaction=False)
+                for i in range(first, min(first + FILL_CHUNK, command[1])):
+                    pipe.xadd(RAW_BACKLOG_STREAM, fields(i), maxlen=MAXLEN, approximate=True)
+                await pipe.execute()
+            control.send("filled")
+            return
         _, mode, n = command
         started = time.perf_counter()
         if mode == "awaited":
@@ -329,7 +380,26 @@ async def raw_consumer(control: Control, url: str, profiles: Profiles) -> None:
 
     task = asyncio.get_running_loop().create_task(consume())
 
+    async def drain(n: int, k: int) -> None:
+        """A new group at the start of the backlog stream, read and acknowledged in batches
+        of READ_COUNT until all n are handled."""
+        started = time.perf_counter()
+        group = f"drain{k}"
+        await redis.xgroup_create(RAW_BACKLOG_STREAM, group, id="0")
+        handled = 0
+        while handled < n:
+            reply = await redis.xreadgroup(group, "c1", {RAW_BACKLOG_STREAM: ">"},
+                                           count=READ_COUNT, block=1000)
+            for stream, entries in reply or ():
+                ids = [entry_id for entry_id, _ in entries]
+                handled += len(ids)
+                await redis.xack(stream, group, *ids)
+        control.send("drained", started, time.perf_counter())
+
     async def handle(command: tuple[Any, ...]) -> None:
+        if command[0] == "drain":
+            await drain(command[1], command[2])
+            return
         counter.expect(command[1])
 
     try:

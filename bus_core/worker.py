@@ -366,15 +366,17 @@ class Worker:
             self._stopper = asyncio.get_running_loop().create_task(detached(self.stop()))
 
     def _track(self, coro: Awaitable[Any], release: Callable[[], None] | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-        self._inflight.add(task)
+        """Run `coro` as a task of its own, in flight until it ends (stop() drains them)."""
+        self._inflight.add(asyncio.get_running_loop().create_task(self._run(coro, release)))
 
-        def done(finished: asyncio.Task[Any]) -> None:
-            self._inflight.discard(finished)
+    async def _run(self, coro: Awaitable[Any], release: Callable[[], None] | None) -> None:
+        # The task settles its own accounts as it ends: no done callback to schedule.
+        try:
+            await coro
+        finally:
+            self._inflight.discard(asyncio.current_task())  # type: ignore[arg-type]
             if release is not None:
                 release()
-
-        task.add_done_callback(done)
 
     async def _receive(self, loop: _Loop, receive: Callable[[], Awaitable[Any]]) -> Any:
         """Receive with retry and backoff on transport failures; None once stopping."""
