@@ -3,6 +3,7 @@ added (`bus.auth.user_registered.listen(...)`), with its arguments compiled for 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import re
@@ -128,6 +129,36 @@ def new_listener(client: BusClient, events: Any, handler: Callable[..., Any],
             "`plugins: {outbox: {dsn: ...}}`), or drop transactional=True"
         )
     return listener
+
+
+def start_in_running_workers(client: BusClient, listener: Listener) -> None:
+    """Add `listener` to `client`; workers already running start it at once (blocking until
+    it consumes, unless called on a worker's own loop, where it starts soon after)."""
+    client.listeners[listener.name] = listener
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    for worker in list(client.running_workers):
+        if worker.loop is None:
+            continue
+        if running is worker.loop:
+            worker.loop.create_task(worker.add_listener(listener))
+        else:
+            asyncio.run_coroutine_threadsafe(worker.add_listener(listener),
+                                             worker.loop).result()
+
+
+async def started_in_running_workers(client: BusClient, listener: Listener) -> None:
+    """Add `listener` to `client`, and wait until every running worker consumes for it."""
+    client.listeners[listener.name] = listener
+    loop = asyncio.get_running_loop()
+    for worker in list(client.running_workers):
+        if worker.loop is loop:
+            await worker.add_listener(listener)
+        elif worker.loop is not None:
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(worker.add_listener(listener), worker.loop))
 
 
 def event_pairs(client: BusClient, events: Any) -> Iterable[tuple[str, str]]:

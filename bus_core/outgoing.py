@@ -1,21 +1,22 @@
 """What a client sends: RPC calls (and waiting for their results) and events.
 
 Both paths run per message, so what can be worked out once is: the compiled argument plans
-live on the client (`BusClient.outgoing_call` / `outgoing_event`), the transports on the
-loop's state, and a hook nobody implements costs one dict lookup.
+live in the client's registry (`ApiRegistry.outgoing_call` / `outgoing_event`), the
+transports on the loop's state, and a hook nobody implements costs one dict lookup.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import typing
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bus_core import procedures
 from bus_core.deadlines import within
-from bus_core.errors import BusError, RpcTimeout, RpcWorkerLost, WireError
+from bus_core.errors import BusError, InvalidArguments, RpcTimeout, RpcWorkerLost, WireError
 from bus_core.logs import about, current_message
 from bus_core.message_path import (
     fire_timeout_message,
@@ -39,7 +40,7 @@ async def call_rpc(client: BusClient, api_name: str, procedure_name: str,
                    kwargs: dict[str, Any], bus_options: dict[str, Any] | None) -> Any:
     """Call `api_name.procedure_name(**kwargs)` and return its result (cast to the declared
     return type when the API is registered here); raise what the call raised remotely."""
-    outgoing = client.outgoing_call(api_name, procedure_name)
+    outgoing = client.registry.outgoing_call(api_name, procedure_name)
     api_config = client.config.api(api_name)
     timeout, timeout_source = timeout_for(bus_options, api_config.rpc_timeout,
                                           f"apis.{api_name}.rpc_timeout")
@@ -165,9 +166,66 @@ def event_message(client: BusClient, api_name: str, event_name: str,
                   kwargs: dict[str, Any]) -> EventMessage:
     """The event a fire sends: arguments checked against the registered API, defaults
     filled in, values in wire form. Raises before anything is sent."""
-    outgoing = client.outgoing_event(api_name, event_name)
+    outgoing = client.registry.outgoing_event(api_name, event_name)
     return EventMessage(api_name=api_name, event_name=event_name,
                         kwargs=outgoing.wire(kwargs), version=outgoing.version)
+
+
+async def fire_async(client: BusClient, api_name: str, event_name: str,
+                     many: list[dict[str, Any]], bus_options: dict[str, Any] | None
+                     ) -> list[EventMessage]:
+    """Fire one event per kwargs dict (each checked before any is sent); each is offered to
+    the plugins first (an outbox may take it), the rest go to the transport together."""
+    messages = [event_message(client, api_name, event_name, kwargs) for kwargs in many]
+    unsent = []
+    for message in messages:
+        taken = client.hooks.take_event(client, message)
+        if taken is not None and inspect.isawaitable(taken):
+            taken = await taken
+        if not taken:
+            unsent.append(message)
+    if len(unsent) == 1:
+        await send_event(client, unsent[0], bus_options)
+    elif unsent:
+        await send_events(client, unsent, bus_options)
+    return messages
+
+
+def fire(client: BusClient, api_name: str, event_name: str, many: list[dict[str, Any]],
+         bus_options: dict[str, Any] | None) -> list[EventMessage]:
+    """`fire_async` from sync code: the events are built and offered to the plugins on the
+    caller's own thread (an outbox writes into that thread's open transaction); the rest
+    are sent on the client's loop."""
+    messages = [event_message(client, api_name, event_name, kwargs) for kwargs in many]
+    unsent = [message for message in messages if not _taken_here(client, message)]
+    if len(unsent) == 1:
+        client.run_sync(send_event(client, unsent[0], bus_options))
+    elif unsent:
+        client.run_sync(send_events(client, unsent, bus_options))
+    return messages
+
+
+def _taken_here(client: BusClient, message: EventMessage) -> bool:
+    taken = client.hooks.take_event(client, message)
+    if taken is not None and inspect.isawaitable(taken):
+        if inspect.iscoroutine(taken):
+            taken.close()
+        raise BusError(f"firing {message.canonical_name}: a bus_take_event implementation "
+                       "answered a sync fire() with an awaitable; use fire_async() there")
+    return bool(taken)
+
+
+def kwargs_dicts(many: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What fire_many takes: an iterable of keyword-argument dicts (not one dict)."""
+    if isinstance(many, dict) or not isinstance(many, Iterable):
+        raise InvalidArguments("fire_many() takes a list of keyword-argument dicts, one per "
+                               "event, e.g. fire_many([{'username': 'a'}, {'username': 'b'}])")
+    items = list(many)
+    for item in items:
+        if not isinstance(item, dict):
+            raise InvalidArguments(f"fire_many() takes dicts of keyword arguments, got "
+                                   f"{type(item).__name__} {item!r:.60}")
+    return items
 
 
 async def send_event(client: BusClient, message: EventMessage,
