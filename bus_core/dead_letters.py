@@ -90,8 +90,12 @@ async def list_dead_letters(client: BusClient, selection: Selection) -> list[Dea
     return ordered[:selection.limit] if selection.limit is not None else ordered
 
 
-def _when(letter: DeadLetter) -> tuple[float, str]:
-    return (letter.time.timestamp() if letter.time else 0.0, letter.id)
+def _when(letter: DeadLetter) -> tuple[float, tuple[int, ...], str]:
+    """Newest first: by time, then (same moment) by id, numerically where it is made of
+    numbers (a Redis entry id `ms-seq`, a memory offset), as the transports order them."""
+    parts = letter.id.split("-")
+    numbers = tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
+    return (letter.time.timestamp() if letter.time else 0.0, numbers, letter.id)
 
 
 async def find(client: BusClient, ids: Sequence[str], selection: Selection

@@ -64,16 +64,20 @@ def _bound(moment: datetime | None, default: str, high: bool) -> str:
 
 
 def _time(value: bytes | None, dead_id: str) -> datetime | None:
+    """When the entry was dead-lettered: the time of its dead-letter entry id, so that
+    letters ordered by time are in stream order too (two workers dead-lettering at once may
+    stamp `bus_dead_time` in the other order); the stamp only when the id has no time."""
+    try:
+        return datetime.fromtimestamp(int(dead_id.split("-")[0]) / 1000, tz=timezone.utc)
+    except ValueError:
+        pass
     if value:
         try:
             moment = datetime.fromisoformat(_text(value))
             return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
         except ValueError:
             pass
-    try:
-        return datetime.fromtimestamp(int(dead_id.split("-")[0]) / 1000, tz=timezone.utc)
-    except ValueError:
-        return None
+    return None
 
 
 class RedisDeadLetters:
