@@ -596,6 +596,47 @@ class EventTransportSuite(TransportSuite):
 
         self.go(transports, body)
 
+    def test_dead_letters_are_listed_replayed_once_and_purged(self, transports: Transports
+                                                              ) -> None:
+        async def body(kit: Transports) -> None:
+            events = await kit.make("event")
+            strict = await self.consumer(kit, events, "strict")
+            bystander = await self.consumer(kit, events, "bystander")
+            first, second = (await self.fire(events, 1)), (await self.fire(events, 2))
+            taken = sorted(await self.receive_n(strict, 2), key=lambda d: numbers([d])[0])
+            await bystander.acknowledge(await self.receive_n(bystander, 2))
+            for delivery in taken:
+                await strict.dead_letter(delivery, f"refused {numbers([delivery])[0]}")
+            letters = await self.optional(events.list_dead_letters(self._api, self.event),
+                                          "dead-letter listing")
+            assert [letter.reason for letter in letters] == ["refused 2", "refused 1"], \
+                "dead letters are listed newest first, with their reason"
+            for letter, delivery, sent in zip(letters, reversed(taken), (second, first),
+                                              strict=True):
+                assert letter.message is not None and letter.message.id == sent.id
+                assert letter.message.kwargs == sent.kwargs
+                assert letter.entry_id == delivery.native_id and letter.group
+            assert len(await events.list_dead_letters(self._api, self.event, limit=1)) == 1
+            assert await events.list_dead_letters(kit.other_api) == []
+
+            older = letters[1]
+            new_id = await self.optional(events.replay_dead_letter(older), "dead-letter replay")
+            assert isinstance(new_id, str) and new_id
+            [again] = await self.receive_n(strict, 1)
+            assert again.message is not None and again.message.id == first.id, \
+                "a replayed event keeps its id"
+            await strict.acknowledge([again])
+            await self.nothing(bystander)  # replayed to the group that gave up on it only
+            assert await events.replay_dead_letter(older) is None, "replayed twice"
+            await self.nothing(strict)
+
+            newer = letters[0]
+            assert await self.optional(events.purge_dead_letter(newer), "purge") is True
+            assert await events.purge_dead_letter(newer) is False
+            assert await events.list_dead_letters(self._api, self.event) == []
+
+        self.go(transports, body)
+
     def test_groups_show_what_each_consumer_holds(self, transports: Transports) -> None:
         async def body(kit: Transports) -> None:
             events = await kit.make("event")
