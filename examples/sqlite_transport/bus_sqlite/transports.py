@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from bus_core.errors import MalformedMessage, TransportError, TransportUnavailable
+from bus_core.errors import BusError, MalformedMessage, TransportError, TransportUnavailable
 from bus_core.messages import (
     EventMessage,
     ResultMessage,
@@ -34,7 +34,10 @@ from bus_core.messages import (
     rpc_to_blob,
 )
 from bus_core.transports import (
+    REPLAY_GROUP_HEADER,
+    REPLAY_OF_HEADER,
     ConsumerInfo,
+    DeadLetter,
     EventConsumer,
     EventDelivery,
     EventTransport,
@@ -46,6 +49,7 @@ from bus_core.transports import (
     SchemaTransport,
     Transport,
     decode_call,
+    replayed_for_another_group,
 )
 
 T = TypeVar("T")
@@ -460,6 +464,70 @@ class SqliteEventTransport(_SqliteTransport, EventTransport):
         return await self.db.run(f"list the listener groups of {stream}", read)
 
 
+    # -- dead letters (optional: `bus dead-letters`, the web console) --------------------
+
+    def _as_letter(self, row: tuple[Any, ...]) -> DeadLetter:
+        letter_id, stream, group, entry_id, reason, deliveries, moment, data = row
+        letter = DeadLetter(id=str(letter_id), stream=stream, group=group, reason=reason,
+                            time=datetime.fromtimestamp(moment, timezone.utc),
+                            delivery_count=deliveries, entry_id=str(entry_id))
+        delivery = self.decode(stream, entry_id, moment, data, deliveries)
+        letter.message, letter.problem = delivery.message, delivery.problem
+        letter.api_name, _, letter.event_name = stream.rpartition(".")
+        return letter
+
+    async def list_dead_letters(self, api_name: str, event_name: str | None = None,
+                                start: datetime | None = None, stop: datetime | None = None,
+                                limit: int | None = None) -> list[DeadLetter]:
+        if event_name is not None:
+            where, args = "stream = ?", [self.stream_name(api_name, event_name)]
+        else:  # the API's events, not those of an API whose name continues with a dot
+            where = "substr(stream, 1, ?) = ? AND instr(substr(stream, ?), '.') = 0"
+            args = [len(api_name) + 1, f"{api_name}.", len(api_name) + 2]
+        low = _aware(start).timestamp() if start else float("-inf")
+        high = _aware(stop).timestamp() if stop else float("inf")
+        rows = await self.db.run(f"list the dead letters of {api_name}", lambda c: c.execute(
+            "SELECT id, stream, grp, entry_id, reason, deliveries, time, data FROM "
+            f"bus_dead_letters WHERE {where} AND time >= ? AND time <= ? ORDER BY id DESC "
+            "LIMIT ?", (*args, low, high, -1 if limit is None else limit)).fetchall())
+        return [self._as_letter(row) for row in rows]
+
+    async def replay_dead_letter(self, letter: DeadLetter) -> str | None:
+        """Back on its stream for its own group only (the replay headers), and out of the
+        dead letters, in one transaction: replaying twice delivers once."""
+        if letter.message is None:
+            raise BusError(f"dead letter {letter.id} of {letter.stream} cannot be replayed: "
+                           f"{letter.problem or 'it cannot be decoded'} (purge it instead)")
+        message = letter.message
+        replay = EventMessage(message.api_name, message.event_name, message.kwargs,
+                              id=message.id, version=message.version,
+                              headers={**(message.headers or {}),
+                                       REPLAY_GROUP_HEADER: letter.group,
+                                       REPLAY_OF_HEADER: letter.id})
+        data = self.serializer.dumps(event_to_blob(replay))
+
+        def move(connection: sqlite3.Connection) -> int | None:
+            def work() -> int | None:
+                gone = connection.execute("DELETE FROM bus_dead_letters WHERE id = ?",
+                                          (int(letter.id),)).rowcount
+                if not gone:
+                    return None
+                cursor = connection.execute(
+                    "INSERT INTO bus_events (stream, time, data) VALUES (?, ?, ?)",
+                    (letter.stream, time.time(), data))
+                return int(cursor.lastrowid or 0)
+
+            return _immediate(connection, work)
+
+        new_id = await self.db.run(f"replay dead letter {letter.id}", move)
+        return None if new_id is None else str(new_id)
+
+    async def purge_dead_letter(self, letter: DeadLetter) -> bool:
+        gone = await self.db.run(f"purge dead letter {letter.id}", lambda c: c.execute(
+            "DELETE FROM bus_dead_letters WHERE id = ?", (int(letter.id),)).rowcount)
+        return bool(gone)
+
+
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
@@ -531,10 +599,19 @@ class SqliteEventConsumer(EventConsumer):
                 raise TransportError("this consumer is closed")
             taken = await self.transport.db.run(
                 f"receive events for {self.group}", lambda c: self._claim(c, max(1, limit)))
-            if taken:
-                return [self.transport.decode(stream, entry_id, entry_time, data, count)
-                        for stream, entry_id, entry_time, data, count in taken]
-            await asyncio.sleep(self.transport.poll_interval)
+            deliveries = [self.transport.decode(stream, entry_id, entry_time, data, count)
+                          for stream, entry_id, entry_time, data, count in taken]
+            # A replayed dead letter is for the group that gave up on it: others skip it.
+            elsewhere = [d for d in deliveries if d.message is not None
+                         and replayed_for_another_group(d.message.headers, self.group)]
+            if elsewhere:
+                await self.acknowledge(elsewhere)
+                skipped = {id(d) for d in elsewhere}
+                deliveries = [d for d in deliveries if id(d) not in skipped]
+            if deliveries:
+                return deliveries
+            if not taken:
+                await asyncio.sleep(self.transport.poll_interval)
 
     async def acknowledge(self, deliveries: Sequence[EventDelivery]) -> None:
         rows = [(d.stream, self.group, int(d.native_id)) for d in deliveries]
