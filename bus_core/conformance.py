@@ -980,7 +980,7 @@ class ResultTransportSuite(_CallsSuite):
             with pytest.raises(TimeoutError):
                 await results.receive_result(call, call.return_path, 0.3)
             took = time.monotonic() - started
-            assert 0.25 <= took < 1.3, f"timed out after {took:.2f}s, not 0.3s"
+            assert 0.25 <= took < 2.0, f"timed out after {took:.2f}s, not 0.3s"
 
         self.run(transports, body)
 
