@@ -77,14 +77,15 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
     task = asyncio.current_task()
     if task is None:  # pragma: no cover - not in a task (a bare coroutine driven by hand)
         return await asyncio.wait_for(awaitable, seconds)
+    if seconds not in _queues.get(task.get_loop(), {}) and \
+            len(_queues.get(task.get_loop(), {})) >= MAX_DURATIONS:
+        return await _own_limit(awaitable, seconds)
     loop = task.get_loop()
     queues = _queues.get(loop)
     if queues is None:
         queues = _queues[loop] = {}
     queue = queues.get(seconds)
     if queue is None:
-        if len(queues) >= MAX_DURATIONS:
-            return await asyncio.wait_for(awaitable, seconds)
         queue = queues[seconds] = _Queue(loop, seconds)
     limit = queue.add(task)
     try:
@@ -97,3 +98,13 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
         raise TimeoutError from None
     finally:
         limit.active = False
+
+
+if sys.version_info >= (3, 11):
+    async def _own_limit(awaitable: Awaitable[T], seconds: float) -> T:
+        """A limit with a timer of its own (asyncio.timeout: no extra task)."""
+        async with asyncio.timeout(seconds):
+            return await awaitable
+else:  # pragma: no cover - Python 3.10
+    async def _own_limit(awaitable: Awaitable[T], seconds: float) -> T:
+        return await asyncio.wait_for(awaitable, seconds)

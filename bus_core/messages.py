@@ -229,6 +229,24 @@ def rpc_to_blob(message: RpcMessage) -> dict[str, Any]:
 def rpc_from_blob(blob: Any) -> RpcMessage:
     """A received call; MalformedMessage if a field is missing, or its id or names are not
     valid (the return path is the result transport's to judge)."""
+    if type(blob) is dict:  # the usual well-formed call, checked in one go
+        metadata, kwargs = blob.get("metadata"), blob.get("kwargs", {})
+        if type(metadata) is dict and type(kwargs) is dict:
+            message_id, api_name = metadata.get("id"), metadata.get("api_name")
+            procedure, return_path = metadata.get("procedure_name"), metadata.get("return_path")
+            if type(message_id) is str and type(api_name) is str and type(procedure) is str \
+                    and type(return_path) is str and message_id and api_name and procedure \
+                    and return_path and names_problem(message_id, api_name, "procedure_name",
+                                                      procedure) is None:
+                message = RpcMessage(api_name=api_name, procedure_name=procedure,
+                                     kwargs=kwargs, id=message_id, return_path=return_path)
+                if HEADERS_KEY in blob:
+                    message.headers = valid_headers(blob[HEADERS_KEY])
+                return message
+    return _rpc_from_any_blob(blob)
+
+
+def _rpc_from_any_blob(blob: Any) -> RpcMessage:
     metadata, kwargs = _split_blob(blob, "RPC")
     message = RpcMessage(
         id=_require_str(metadata, "id", "RPC"),
@@ -258,6 +276,21 @@ def result_to_blob(message: ResultMessage) -> dict[str, Any]:
 
 
 def result_from_blob(blob: Any) -> ResultMessage:
+    """A received result; MalformedMessage if a field is missing or an id is not valid."""
+    if type(blob) is dict:  # the usual well-formed result, checked in one go
+        metadata, kwargs = blob.get("metadata"), blob.get("kwargs", {})
+        if type(metadata) is dict and type(kwargs) is dict:
+            message_id, call_id = metadata.get("id"), metadata.get("rpc_message_id")
+            error, trace = metadata.get("error", False), metadata.get("trace")
+            if type(message_id) is str and type(call_id) is str and type(error) is bool \
+                    and (trace is None or type(trace) is str) \
+                    and valid_message_id(message_id) and valid_message_id(call_id):
+                return ResultMessage(id=message_id, rpc_message_id=call_id, error=error,
+                                     trace=trace, result=kwargs.get("result"))
+    return _result_from_any_blob(blob)
+
+
+def _result_from_any_blob(blob: Any) -> ResultMessage:
     metadata, kwargs = _split_blob(blob, "Result")
     trace = metadata.get("trace")
     message = ResultMessage(

@@ -183,4 +183,50 @@ def _outcome_any(run: Any, *args: Any) -> tuple[str, Any]:
 
 
 def vars_of(message: EventMessage) -> dict[str, Any]:
-    return {name: getattr(message, name) for name in message.__slots__}
+    return {name: getattr(message, name) for name in type(message).__slots__}
+
+
+def _variants(good: dict[str, Any], replacements: dict[str, list[Any]]) -> list[Any]:
+    variants: list[Any] = [good, {**good, "headers": {"traceparent": "00-x"}},
+                           {**good, "headers": {"k": 1}}, {"metadata": good["metadata"]},
+                           [], "text", None, {"metadata": []}, {**good, "kwargs": []}]
+    for key, values in replacements.items():
+        for value in values:
+            metadata = dict(good["metadata"])
+            if value is None:
+                del metadata[key]
+            else:
+                metadata[key] = value
+            variants.append({**good, "metadata": metadata})
+    return variants
+
+
+def _same_decoding(quick_decode: Any, general_decode: Any, blobs: list[Any]) -> None:
+    for blob in blobs:
+        quick = _outcome_any(quick_decode, blob)
+        general = _outcome_any(general_decode, blob)
+        if quick[0] == "ok":
+            quick = ("ok", vars_of(quick[1]))
+            general = ("ok", vars_of(general[1]))
+        assert quick == general, blob
+
+
+def test_the_quick_call_and_result_decoding_decode_exactly_as_the_general_ones() -> None:
+    from bus_core.messages import (
+        _result_from_any_blob,
+        _rpc_from_any_blob,
+        result_from_blob,
+        rpc_from_blob,
+    )
+
+    call = {"metadata": {"id": "c-1", "api_name": "auth", "procedure_name": "check",
+                         "return_path": "redis+key://bus:reply:p:" + "0" * 32},
+            "kwargs": {"a": 1}}
+    _same_decoding(rpc_from_blob, _rpc_from_any_blob, _variants(call, {
+        "id": [None, "", 7, "a\nb", "x" * 300], "api_name": [None, "", "bad name", 3],
+        "procedure_name": [None, "", "a.b"], "return_path": [None, "", 5, "x"]}))
+    result = {"metadata": {"id": "r-1", "rpc_message_id": "c-1", "error": False},
+              "kwargs": {"result": [1, 2]}}
+    _same_decoding(result_from_blob, _result_from_any_blob, _variants(result, {
+        "id": [None, "", 7, "a\nb"], "rpc_message_id": [None, "", 3, "x" * 300],
+        "error": [None, True, 1, "yes", 0], "trace": ["Traceback ...", 5, ""]}))

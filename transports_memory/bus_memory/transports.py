@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from bus_core.deadlines import within
 from bus_core.errors import BusError, MalformedMessage, RpcWorkerLost
 from bus_core.logs import Throttle
 from bus_core.messages import (
@@ -27,7 +28,6 @@ from bus_core.messages import (
     result_to_blob,
     rpc_to_blob,
 )
-from bus_core.runtime import time_out
 from bus_core.transports import (
     ConsumerInfo,
     EventConsumer,
@@ -174,10 +174,12 @@ class MemoryResultTransport(_MemoryTransport, ResultTransport):
 
     async def receive_result(self, rpc_message: RpcMessage, return_path: str,
                              timeout: float) -> ResultMessage:
-        key = self._key(return_path)
+        # The caller's own return path (get_return_path made it): nothing to check.
+        key = return_path.removeprefix(RETURN_PATH_PREFIX)
         broker = self.broker
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        first = True
         while True:
             with broker.lock:
                 data = broker.take_result(key)
@@ -190,13 +192,15 @@ class MemoryResultTransport(_MemoryTransport, ResultTransport):
                                     "stopped before answering", worker=lost[0],
                                     idempotent=lost[1])
             assert waiter is not None
-            timer = loop.call_later(max(0.0, deadline - loop.time()), time_out, waiter)
+            # The first wait is the call's whole timeout (one shared timer for all calls
+            # with that timeout); a later one (woken without a result) the time left.
+            left = timeout if first else max(0.0, deadline - loop.time())
+            first = False
             try:
-                await waiter
+                await within(waiter, left)
             except TimeoutError:
                 raise TimeoutError(f"no result for {rpc_message.id}") from None
             finally:
-                timer.cancel()
                 broker.forget_result_waiter(key, waiter)
 
 
