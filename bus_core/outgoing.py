@@ -232,59 +232,37 @@ async def send_event(client: BusClient, message: EventMessage,
                      bus_options: dict[str, Any] | None) -> None:
     """Send a built event to its event transport with the fire hooks around it, within
     `apis.<api>.event_fire_timeout` (or `bus_options`)."""
-    state = await client.state()
-    transport: EventTransport = await state.transport("event", message.api_name)
     token = about(message)  # what is logged while it is sent is about this event
     try:
-        hooks = client.hooks
-        await hooks.before_event_fire(client, message)
-        api_config = client.config.api(message.api_name)
-        timeout, source = timeout_for(bus_options, api_config.event_fire_timeout,
-                                      f"apis.{message.api_name}.event_fire_timeout")
-        started = now()
-        try:
-            if transport.send_may_block:
-                await within(transport.send_event(message), timeout)
-            else:
-                await transport.send_event(message)
-        except (TimeoutError, asyncio.TimeoutError):
-            error = BusError(fire_timeout_message(message.canonical_name, timeout, source))
-            await hooks.after_event_fire(client, message, error, now() - started)
-            raise error from None
-        except BaseException as exc:
-            await hooks.after_event_fire(client, message, exc, now() - started)
-            raise
-        logger.debug("fired %s (native id %s)", message.canonical_name, message.native_id)
-        await hooks.after_event_fire(client, message, None, now() - started)
+        await send_events(client, (message,), bus_options)
     finally:
         current_message.reset(token)
 
 
 async def send_events(client: BusClient, messages: Sequence[EventMessage],
                       bus_options: dict[str, Any] | None) -> None:
-    """`send_event` for several events of one API at once (`fire_many`): the fire hooks run
-    for each, the transport gets them together (one round trip on Redis), and the timeout
-    covers them all."""
+    """Send built events of one API with the fire hooks around each; the transport gets
+    them together (`fire_many`: one round trip on Redis) and the timeout covers them all."""
     if not messages:
         return
-    api_name = messages[0].api_name
+    first = messages[0]
     state = await client.state()
-    transport: EventTransport = await state.transport("event", api_name)
+    transport: EventTransport = await state.transport("event", first.api_name)
     hooks = client.hooks
     for message in messages:
         await hooks.before_event_fire(client, message)
-    api_config = client.config.api(api_name)
+    api_config = client.config.api(first.api_name)
     timeout, source = timeout_for(bus_options, api_config.event_fire_timeout,
-                                  f"apis.{api_name}.event_fire_timeout")
+                                  f"apis.{first.api_name}.event_fire_timeout")
+    sending = transport.send_event(first) if len(messages) == 1 \
+        else transport.send_events(messages)
     started = now()
     try:
-        if transport.send_may_block:
-            await within(transport.send_events(messages), timeout)
-        else:
-            await transport.send_events(messages)
+        await (within(sending, timeout) if transport.send_may_block else sending)
     except (TimeoutError, asyncio.TimeoutError):
-        error = BusError(fire_timeout_message(
-            f"{len(messages)} {messages[0].canonical_name} events", timeout, source))
+        what = first.canonical_name if len(messages) == 1 \
+            else f"{len(messages)} {first.canonical_name} events"
+        error = BusError(fire_timeout_message(what, timeout, source))
         for message in messages:
             await hooks.after_event_fire(client, message, error, now() - started)
         raise error from None
@@ -294,4 +272,5 @@ async def send_events(client: BusClient, messages: Sequence[EventMessage],
         raise
     for message in messages:
         await hooks.after_event_fire(client, message, None, now() - started)
-    logger.debug("fired %d %s events", len(messages), messages[0].canonical_name)
+    logger.debug("fired %d %s event(s), the first with native id %s", len(messages),
+                 first.canonical_name, first.native_id)
