@@ -99,3 +99,39 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     ("0.0.0.0", False), ("10.0.0.5", False), ("example.org", False)])
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+BUS_MODULE = """
+import bus_core
+from bus_core import Api, Event, Parameter
+
+
+class DemoApi(Api):
+    happened = Event(parameters=[Parameter("what", str)])
+
+    class Meta:
+        name = "demo"
+
+
+bus = bus_core.create(service_name="demo")
+bus.client.register_api(DemoApi())
+"""
+
+
+def test_writes_are_logged_with_the_user_by_default(tmp_path: Path) -> None:
+    """The audit trail needs no `-l INFO`: a write is logged with who made it."""
+    (tmp_path / "bus.py").write_text(BUS_MODULE)
+    (tmp_path / "bus.yaml").write_text(
+        'plugins:\n  web:\n    users: {alice: "${ALICE_TOKEN}"}\n    allow_writes: true\n')
+    process, lines = start(tmp_path, "-c", "bus.yaml", env={"ALICE_TOKEN": TOKEN})
+    try:
+        url = re.match(r"bus web: the console is at (\S+) ", lines[0]).group(1)
+        fired = httpx.post(f"{url}api/fire/demo/happened", json={"kwargs": {"what": "x"}},
+                           headers={"Authorization": f"Bearer {TOKEN}"})
+        assert fired.status_code == 200, fired.text
+    finally:
+        assert stop(process) == 0
+    assert process.stderr is not None
+    errors = process.stderr.read()
+    assert "alice (bus web, from 127.0.0.1) fires demo.happened" in errors, errors
+    assert TOKEN not in errors

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 import sys
 from typing import Any
@@ -65,6 +66,16 @@ def _run(args: argparse.Namespace) -> int:
 
     bus = bus_or_bare_client(getattr(args, "bus", None))
     try:
+        if not getattr(args, "log_level", None):
+            # Writes are logged at INFO with who made them: that audit trail is on unless
+            # a level is given (-l, which `bus` has applied already, or bus.log_level).
+            from bus_core.logs import configure
+
+            options = bus.client.config.bus
+            chosen = os.environ.get("BUS_LOG_FORMAT") or options.get("log_format") or "text"
+            if chosen not in ("text", "json"):
+                raise CommandFailed(f"unknown log format {chosen!r}: use 'text' or 'json'")
+            configure(options.get("log_level") or "INFO", chosen)
         section: dict[str, Any] = bus.client.config.plugin("web")
         host = args.host or section.get("host") or "127.0.0.1"
         port = args.port if args.port is not None else int(section.get("port") or 0)
