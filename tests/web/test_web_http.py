@@ -199,6 +199,11 @@ def test_config_check_shows_paths_and_no_environment(bus: Bus,
     leak = client.post("/api/config/check", headers=headers, data={
         "config": "bus:\n  service_name: ${BUS_WEB_TEST_SECRET}\n"})
     assert "hunter2" not in leak.text
+    for name in ("PATH", "HOME", "LANG", "PYTHONIOENCODING"):  # none of the host's either
+        answer = client.post("/api/config/check", headers=headers, data={
+            "config": f"bus:\n  service_name: ${{{name}}}\n"}).json()
+        assert answer["valid"] is False, (name, answer)
+        assert f"environment variable {name} is not set" in answer["output"], answer
     uploaded = client.post("/api/config/check", headers=headers,
                            data={"config": ""},
                            files={"file": ("bus.yaml", b"apis: {default: {rpc_timeout: 2}}\n")})

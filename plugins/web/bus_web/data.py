@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +17,10 @@ from bus_core.redaction import redact_text
 
 CHECK_TIMEOUT = 30.0
 MAX_CONFIG_BYTES = 256 * 1024
+# `bus config check FILE` with no environment variable left (Python may set some of its
+# own at start-up, such as LC_CTYPE when it coerces a C locale).
+_CHECK = ("import os, sys\nos.environ.clear()\nfrom bus_core.cli import main\n"
+          "sys.exit(main(['config', 'check', sys.argv[1]]))")
 
 
 @dataclass
@@ -99,16 +102,15 @@ async def history(bus: Bus, pairs: list[tuple[str, str]], start: datetime | None
 
 async def check_config(text: str) -> tuple[bool, str]:
     """`bus config check` on `text` (YAML or JSON), as the command says it: (valid, its
-    output). Run as the real command in a subprocess whose environment holds no variable
-    of this server's (so `${VAR}` in a pasted config cannot reveal one), with passwords in
-    URLs hidden from the output."""
+    output). Run as the real command in a subprocess whose environment is empty by the time
+    the config is read (so `${VAR}` in a pasted config cannot reveal any variable, not even
+    PATH or HOME), with passwords in URLs hidden from the output."""
     with tempfile.TemporaryDirectory(prefix="bus-web-check-") as folder:
         path = Path(folder) / "config.yaml"
         path.write_text(text, encoding="utf-8")
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": folder,
-               "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+        env = {"HOME": folder}  # Python's start-up only; cleared before the check
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bus_core.cli", "config", "check", str(path), cwd=folder,
+            sys.executable, "-X", "utf8", "-c", _CHECK, str(path), cwd=folder,
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         try:
             out, _ = await asyncio.wait_for(process.communicate(), CHECK_TIMEOUT)
