@@ -15,6 +15,7 @@ import bus_outbox
 import psycopg
 import pytest
 import yaml
+from bus_outbox import inbox
 from bus_outbox.relay import Relay
 from bus_outbox.sql import ddl
 
@@ -241,3 +242,40 @@ def test_relay_once_publishes_the_backlog_and_exits(tmp_path, redis_url, dsn, pg
     assert "stopped (5 events published)" in result.stderr
     assert postgres.password not in result.stdout + result.stderr
     assert [f[b"id"].decode() for _, f in raw.xrange(STREAM)] == ids
+
+
+@pytest.mark.parametrize("password", ["Pw%zzSecret", "Pw Secret 42"])
+def test_a_malformed_dsn_is_reported_without_its_password(tmp_path, redis_url, pg_schema,
+                                                          password, caplog):
+    # libpq quotes the token it cannot parse ("invalid percent-encoded token", "unexpected
+    # spaces found in"): here that token is the password, outside any user:password@ form.
+    wrong = f"postgresql://shop:{password}@127.0.0.1:1/shop"  # never reached
+    config = outbox_config(redis_config(redis_url), wrong, pg_schema)
+    result = bus_cli(tmp_path, config, "outbox", "status")
+    assert result.returncode == 1
+    assert "cannot connect to the outbox database" in result.stderr
+    assert "Secret" not in result.stdout + result.stderr
+
+    bus = make(redis_url, wrong, pg_schema, retry_delay=0.01)
+    try:
+        relay = Relay(bus.client, relay_id="r1")
+
+        async def run_a_little() -> None:
+            import asyncio
+
+            task = asyncio.get_running_loop().create_task(relay.run())
+            while "database error" not in caplog.text:
+                await asyncio.sleep(0.01)
+            relay.stop()
+            await task
+
+        with caplog.at_level("WARNING", logger="bus.outbox"):
+            bus.client.run_sync(run_a_little())
+        assert "database error" in caplog.text and "Secret" not in caplog.text
+    finally:
+        bus.client.close()
+
+    # A transactional listener's connection error is logged by the worker: redacted too.
+    with pytest.raises(bus_outbox.OutboxError, match="cannot connect") as caught:
+        inbox.Connections(wrong).sync()
+    assert "Secret" not in str(caught.value)

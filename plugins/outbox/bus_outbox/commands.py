@@ -48,7 +48,7 @@ def _connect(options: Options) -> Any:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
     except psycopg.Error as exc:
         raise CommandFailed(f"cannot connect to the outbox database: "
-                            f"{redact(str(exc).strip())}") from None
+                            f"{redact(str(exc).strip(), dsn)}") from None
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -81,8 +81,8 @@ def read_status(conn: Any, options: Options, failed_rows: int = 5) -> dict[str, 
     try:
         exists = conn.execute(st.tables_exist, st.table_names).fetchone()[0]
     except psycopg.Error as exc:
-        raise CommandFailed(f"cannot read the outbox tables: {redact(str(exc).strip())}") \
-            from None
+        raise CommandFailed(f"cannot read the outbox tables: "
+                            f"{redact(str(exc).strip(), options.dsn)}") from None
     if not exists:
         raise CommandFailed(f"no outbox tables in schema {options.schema!r}: run `bus outbox "
                             "init` (or start a worker with create_tables: true)")
@@ -162,7 +162,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         try:
             rows, marks = asyncio.run(prune())
         except Exception as exc:
-            raise CommandFailed(f"cannot prune: {redact(str(exc).strip())}") from None
+            raise CommandFailed(f"cannot prune: "
+                                f"{redact(str(exc).strip(), options.dsn)}") from None
     finally:
         bus.client.close()
     print(f"pruned {rows} sent outbox rows and {marks} inbox marks")

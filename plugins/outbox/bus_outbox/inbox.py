@@ -18,8 +18,8 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from bus_outbox.options import Options, options_for
-from bus_outbox.outbox import Transaction, _current, statements_for
+from bus_outbox.options import Options, options_for, redact
+from bus_outbox.outbox import OutboxError, Transaction, _current, statements_for
 from bus_outbox.stats import OutboxStats, stats_for
 
 if TYPE_CHECKING:
@@ -44,7 +44,10 @@ class Connections:
 
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
-            conn = psycopg.connect(self.dsn, autocommit=True)
+            try:
+                conn = psycopg.connect(self.dsn, autocommit=True)
+            except psycopg.Error as exc:
+                raise self._cannot_connect(exc) from None
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -58,7 +61,10 @@ class Connections:
         idle = self._idle.setdefault(loop, [])
         conn = idle.pop() if idle else None
         if conn is None or conn.closed or conn.broken:
-            conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            except psycopg.Error as exc:
+                raise self._cannot_connect(exc) from None
             with self._lock:
                 self._all.append(conn)
         try:
@@ -66,6 +72,13 @@ class Connections:
         finally:
             if not (conn.closed or conn.broken):
                 idle.append(conn)
+
+    def _cannot_connect(self, exc: Exception) -> OutboxError:
+        """The error a handler raises when its database is out of reach: the worker logs it
+        (and retries the event), so it must not quote the DSN's password (libpq quotes the
+        token of a DSN it cannot parse)."""
+        return OutboxError(f"a transactional listener cannot connect to the outbox database: "
+                           f"{redact(str(exc).strip(), self.dsn)}")
 
     def close(self) -> None:
         """Close every connection made (from any thread: the libpq connection is finished,

@@ -6,9 +6,10 @@ import re
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from bus_core.errors import ConfigError
-from bus_core.redaction import redact_text
+from bus_core.redaction import MASK, redact_text
 from bus_outbox.sql import DEFAULT_SCHEMA, SCHEMA_NAME
 
 if TYPE_CHECKING:
@@ -93,9 +94,37 @@ CONFIG_SCHEMA: dict[str, Any] = {
 _KEY_VALUE_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
-def redact(text: str) -> str:
-    """`text` without passwords of PostgreSQL connection strings (URL or key=value form)."""
-    return _KEY_VALUE_PASSWORD.sub(r"\1***", redact_text(text))
+def dsn_secrets(dsn: str | None) -> list[str]:
+    """The password written in `dsn` (as written, and percent-decoded for a URL). libpq quotes
+    the offending token when it cannot parse a DSN (`invalid percent-encoded token: "..."`,
+    `unexpected spaces found in "..."`), so a message about a malformed DSN may hold the
+    password outside of any `password=` or `user:password@` that the patterns recognise."""
+    if not dsn:
+        return []
+    found: list[str] = []
+    scheme_end = dsn.find("://")
+    if scheme_end > 0:
+        authority = re.split(r"[/?#]", dsn[scheme_end + 3:], maxsplit=1)[0]
+        if "@" in authority:
+            _, colon, password = authority.rsplit("@", 1)[0].partition(":")
+            if colon and password:
+                found += [password, unquote(password)]
+    for match in _KEY_VALUE_PASSWORD.finditer(dsn):
+        value = match.group(2)
+        found += [value, value.strip("'").replace("\\'", "'").replace("\\\\", "\\")]
+    return sorted({secret for secret in found if secret}, key=len, reverse=True)
+
+
+def redact(text: str, dsn: str | None = None) -> str:
+    """`text` without passwords of PostgreSQL connection strings (URL or key=value form), nor
+    the password of `dsn` wherever it appears (libpq may quote it in an error)."""
+    text = _KEY_VALUE_PASSWORD.sub(r"\1***", redact_text(text))
+    for secret in dsn_secrets(dsn):
+        if len(secret) >= 4:
+            text = text.replace(secret, MASK)
+        else:  # a very short one only where libpq quotes a token, to keep the text readable
+            text = text.replace(f'"{secret}"', f'"{MASK}"')
+    return text
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,8 @@ async def bus_worker_started(client: BusClient, worker: Worker) -> None:
                 await conn.close()
         except psycopg.Error as exc:
             raise PluginError(f"outbox: cannot create the outbox tables in schema "
-                              f"{options.schema!r}: {redact(str(exc).strip())}") from None
+                              f"{options.schema!r}: "
+                              f"{redact(str(exc).strip(), options.dsn)}") from None
     if options.relay:
         relay = Relay(client, options)
         task = asyncio.get_running_loop().create_task(relay.run(), name="bus:outbox-relay")

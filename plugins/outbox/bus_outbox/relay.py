@@ -120,7 +120,7 @@ class Relay:
                 if problem is not None:
                     logger.warning("outbox relay %s: lost its LISTEN connection (%s); "
                                    "listening again, polling meanwhile", self.relay_id,
-                                   redact(describe(problem)))
+                                   redact(describe(problem), self.dsn))
             await self._close_listen_conn()
             self._listen_conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
             await self._listen_conn.execute(self.statements.listen)
@@ -172,7 +172,7 @@ class Relay:
                 except Exception as exc:
                     self.stats.publish_errors += 1
                     logger.warning("outbox relay %s: database error: %s; retrying in %gs",
-                                   self.relay_id, redact(describe(exc)),
+                                   self.relay_id, redact(describe(exc), self.dsn),
                                    self.options.retry_delay)
                     await self._close()
                     await self._pause(self.options.retry_delay)
@@ -180,7 +180,7 @@ class Relay:
                 if trouble is not None:
                     self.stats.publish_errors += 1
                     logger.warning("outbox relay %s: publishing failed: %s; retrying in %gs",
-                                   self.relay_id, redact(describe(trouble)),
+                                   self.relay_id, redact(describe(trouble), self.dsn),
                                    self.options.retry_delay)
                     await self._pause(self.options.retry_delay)
                 elif taken < self.options.batch_size:
