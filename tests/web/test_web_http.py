@@ -165,6 +165,15 @@ def test_bad_input_gets_a_clear_error(bus: Bus) -> None:
     assert big.status_code == 413
     assert call("/api/dead-letters/replay", json={"ids": "1"}).status_code == 400
     assert call("/api/dead-letters/explode", json={"ids": ["1"]}).status_code == 404
+    for filters in ({"event": 5}, {"api": ["auth"]}, {"since": 5}, {"until": {}},
+                    {"limit": "many"}, {"api": "no such api"}, {"event": "auth.no such"}):
+        refused = call("/api/dead-letters/purge", json={"ids": ["1"], **filters})
+        assert refused.status_code == 400, (filters, refused.text)
+        assert "Traceback" not in refused.text
+    for query in ("limit=-5", "limit=0", "limit=many", "api=no%20such%20api"):
+        listed = client.get(f"/api/dead-letters?{query}")
+        assert listed.status_code == 400, (query, listed.text)
+    assert "limit" in client.get("/api/dead-letters?limit=many").json()["error"]
     assert call("/api/config/check", data={"config": "  "}).status_code == 400
     bad_time = client.get("/history?api=auth&event=user_registered&since=yesterday")
     assert bad_time.status_code == 200 and "is not a time" in bad_time.text

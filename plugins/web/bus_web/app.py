@@ -272,18 +272,33 @@ class Console:
         return self.page(request, "groups.html", groups=rows)
 
     def _selection(self, values: Any) -> Selection:
+        """The dead-letter filters of a query or a JSON body (400 when malformed: a
+        filter that is not text, an API or event name that cannot be one, a bad limit)."""
+        for key in ("api", "event", "since", "until"):
+            if values.get(key) not in (None, "") and not isinstance(values.get(key), str):
+                raise Problem(400, f"{key} must be text")
         try:
             api = values.get("api") or None
             event = values.get("event") or None
+            if api is not None and not valid_api_name(api):
+                raise UsageError(f"{api!r} is not an API name")
             events = [(api, event) if api and "." not in event else split_target(
                 event, "event")] if event else []
+            if any(not valid_member_name(name) for _, name in events):
+                raise UsageError(f"{event!r} does not name an event")
             limit = values.get("limit")
+            try:
+                count = int(limit) if limit not in (None, "") else 200
+            except (TypeError, ValueError):
+                raise UsageError(f"the limit must be a number, not {limit!r}") from None
+            if count < 1:
+                raise UsageError("the limit must be 1 or more")
             return Selection(
                 api=api if not events else None, events=events,
                 since=parse_moment(values["since"]) if values.get("since") else None,
                 until=parse_moment(values["until"]) if values.get("until") else None,
-                limit=int(limit) if limit not in (None, "") else 200)
-        except (UsageError, ValueError, TypeError) as exc:
+                limit=count)
+        except (UsageError, ValueError) as exc:
             raise Problem(400, str(exc)) from None
 
     async def _letters(self, selection: Selection) -> list[dict[str, Any]]:
