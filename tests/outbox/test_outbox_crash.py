@@ -250,6 +250,34 @@ def test_relays_killed_mid_batch_lose_nothing_and_the_inbox_applies_each_event_o
         ":")[2].split("@")[0] not in world.logs()
 
 
+def test_a_relay_killed_between_publish_and_mark_republishes_the_same_ids_absorbed_once(
+        make_scenario, redis_url, raw):
+    # One round takes the whole backlog and marks it only after publishing all of it: a kill
+    # once some of it is on the stream is a kill between publish and mark, every time.
+    world = make_scenario(redis_url, batch_size=1000)
+    world.start_consumer()
+    world.produce(400, background=False)
+    total = world.unsent()
+    relay = world.start_relay(wait=False)
+    wait_until(lambda: raw.xlen("shop.*:stream") >= 30, "the relay publishing", timeout=30)
+    relay.send_signal(signal.SIGKILL)
+    relay.wait()
+    on_stream = raw.xlen("shop.*:stream")
+    assert 30 <= on_stream < total and world.published() == 0  # published, none marked
+    last = world.start_relay()
+    wait_until(lambda: world.unsent() == 0, "the next relay to publish again", timeout=60)
+    world.check_effectively_once()
+    ids = [fields[b"id"] for _, fields in raw.xrange("shop.*:stream")]
+    repeated = len(ids) - len(set(ids))
+    assert len(set(ids)) == total and repeated >= on_stream  # the same ids, published again
+    stats = bus_outbox.stats_for(world.consumer.client)
+    wait_until(lambda: stats.duplicates.get("apply", 0) == repeated,
+               "the inbox to absorb every repeat")
+    assert stats.processed["apply"] == total
+    last.send_signal(signal.SIGTERM)
+    assert last.wait(20) == 0, world.logs()
+
+
 def test_two_relays_at_once_publish_each_event_once_in_transaction_order(
         make_scenario, redis_url, raw):
     world = make_scenario(redis_url, batch_size=5)
