@@ -82,6 +82,10 @@ def test_list_show_replay_purge(cli: Cli, make_redis_bus: Callable[..., Bus]) ->
     assert code == 0 and len(out.splitlines()) == 1 and "bob" in out
     code, out, _ = cli("list", "--api", "auth", "--since", "1d", "--until", "1d")
     assert code == 0 and out == ""  # all are younger than a day ago
+    code, out, _ = cli("list", "--api", "auth", "--since", "1960-01-01T00:00+00:00")
+    assert code == 0 and len(out.splitlines()) == 2  # a time before 1970 is a time too
+    code, out, _ = cli("list", "--api", "auth", "--until", "1969-12-31T00:00+00:00")
+    assert code == 0 and out == ""
     code, out, _ = cli("show", ada["id"], "--api", "auth")
     assert code == 0 and "cannot welcome ada" in out and '"ada"' in out
 

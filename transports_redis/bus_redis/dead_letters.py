@@ -59,7 +59,7 @@ def _bound(moment: datetime | None, default: str, high: bool) -> str:
         return default
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    milliseconds = int(moment.timestamp() * 1000)
+    milliseconds = max(0, int(moment.timestamp() * 1000))  # ids start at 1970
     return f"{milliseconds}-18446744073709551615" if high else f"{milliseconds}-0"
 
 
