@@ -13,6 +13,7 @@ import argparse
 import getpass
 import os
 import sys
+from datetime import datetime
 from typing import Any
 
 from bus_core import dead_letters
@@ -28,6 +29,15 @@ from bus_core.dead_letters import Selection
 from bus_core.transports import DeadLetter
 
 
+def moment(text: str) -> datetime:
+    """`parse_moment`, with a time too far back or ahead for a datetime (`99999999d`) a
+    UsageError like any other malformed time."""
+    try:
+        return parse_moment(text)
+    except (OverflowError, ValueError):
+        raise UsageError(f"{text!r} is too far back or ahead to be a time") from None
+
+
 def _selection(args: argparse.Namespace) -> Selection:
     """The filters, parsed (UsageError when malformed)."""
     if args.limit is not None and args.limit < 1:
@@ -37,8 +47,8 @@ def _selection(args: argparse.Namespace) -> Selection:
         events.append((args.api, event) if args.api and "." not in event
                       else split_target(event, "event"))
     return Selection(api=args.api if not events else None, events=events,
-                     since=parse_moment(args.since) if args.since else None,
-                     until=parse_moment(args.until) if args.until else None,
+                     since=moment(args.since) if args.since else None,
+                     until=moment(args.until) if args.until else None,
                      limit=args.limit)
 
 
