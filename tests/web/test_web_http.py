@@ -170,13 +170,18 @@ def test_bad_input_gets_a_clear_error(bus: Bus) -> None:
         refused = call("/api/dead-letters/purge", json={"ids": ["1"], **filters})
         assert refused.status_code == 400, (filters, refused.text)
         assert "Traceback" not in refused.text
-    for query in ("limit=-5", "limit=0", "limit=many", "api=no%20such%20api"):
+    for query in ("limit=-5", "limit=0", "limit=many", "api=no%20such%20api",
+                  "since=99999999999d", "until=9999999999w"):
         listed = client.get(f"/api/dead-letters?{query}")
         assert listed.status_code == 400, (query, listed.text)
     assert "limit" in client.get("/api/dead-letters?limit=many").json()["error"]
     assert call("/api/config/check", data={"config": "  "}).status_code == 400
     bad_time = client.get("/history?api=auth&event=user_registered&since=yesterday")
     assert bad_time.status_code == 200 and "is not a time" in bad_time.text
+    far = client.get("/history?api=auth&event=user_registered&since=99999999999d")
+    assert far.status_code == 200 and "too far back" in far.text
+    assert "is not a number" in client.get(
+        "/history?api=auth&event=user_registered&limit=many").text
     # After all that, the console still calls.
     assert call("/api/call/auth/check_password",
                 json={"kwargs": {"username": "admin", "password": "secret"}}).json() == {

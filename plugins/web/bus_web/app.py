@@ -27,7 +27,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bus_core import dead_letters as engine
-from bus_core.cli_messages import UsageError, parse_moment, split_target
+from bus_core.cli_dead_letters import moment
+from bus_core.cli_messages import UsageError, split_target
 from bus_core.client import Bus
 from bus_core.dead_letters import Selection
 from bus_core.errors import BusError, RemoteError, RpcTimeout
@@ -238,9 +239,12 @@ class Console:
         error = ""
         if api_name:
             try:
-                since = parse_moment(query["since"]) if query.get("since") else None
-                until = parse_moment(query["until"]) if query.get("until") else None
-                limit = int(query.get("limit") or self.settings.history_limit)
+                since = moment(query["since"]) if query.get("since") else None
+                until = moment(query["until"]) if query.get("until") else None
+                given = query.get("limit") or str(self.settings.history_limit)
+                if not given.isdigit():
+                    raise UsageError(f"the limit {given!r} is not a number: 1 to 1000")
+                limit = int(given)
                 if not 0 < limit <= 1000:
                     raise UsageError("the limit is a number from 1 to 1000")
                 info = known.get(api_name)
@@ -295,8 +299,8 @@ class Console:
                 raise UsageError("the limit must be 1 or more")
             return Selection(
                 api=api if not events else None, events=events,
-                since=parse_moment(values["since"]) if values.get("since") else None,
-                until=parse_moment(values["until"]) if values.get("until") else None,
+                since=moment(values["since"]) if values.get("since") else None,
+                until=moment(values["until"]) if values.get("until") else None,
                 limit=count)
         except (UsageError, ValueError) as exc:
             raise Problem(400, str(exc)) from None
