@@ -326,3 +326,52 @@ def test_the_commands_need_the_plugin_enabled(tmp_path, redis_url):
     result = bus_cli(tmp_path, redis_config(redis_url), "outbox", "status")
     assert result.returncode == 1
     assert "the outbox plugin is not enabled" in result.stderr
+
+
+async def test_an_async_handler_that_raises_rolls_back_its_writes_and_mark_and_runs_again(
+        make_outbox_bus, dsn, tables):
+    bus = make_outbox_bus()
+    attempts: list[str] = []
+    done = asyncio.Event()
+
+    async def record(event: EventMessage, order_id: int, position: int) -> None:
+        conn = bus_outbox.current_connection()
+        await conn.execute(f"INSERT INTO {tables}.handled (listener, message_id, order_id, "
+                           "position) VALUES ('record', %s, %s, %s)",
+                           (event.id, order_id, position))
+        attempts.append(event.id)
+        if len(attempts) == 1:
+            raise Boom("the write and the inbox mark roll back together")
+        done.set()
+
+    await bus.shop.order_placed.listen_async(record, listener_name="record",
+                                             transactional=True)
+    worker = bus.client.worker()
+    await worker.start()
+    try:
+        conn = await psycopg.AsyncConnection.connect(dsn)
+        async with bus_outbox.transaction(conn):
+            fired = await bus.shop.order_placed.fire_async(order_id=31, position=0)
+        await conn.close()
+        await Relay(bus.client).run(once=True)
+        await asyncio.wait_for(done.wait(), 20)
+    finally:
+        await worker.stop()
+        await bus.client.close_async()
+    assert attempts == [fired.id, fired.id]  # redelivered: the first mark did not stay
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute(f"SELECT message_id FROM {tables}.handled").fetchall() == [
+            (fired.id,)]
+        assert conn.execute(f"SELECT message_id FROM {tables}.bus_inbox").fetchall() == [
+            (fired.id,)]
+
+
+def test_a_savepoint_rolled_back_drops_its_events_only(make_outbox_bus, dsn, tables):
+    bus = make_outbox_bus()
+    with psycopg.connect(dsn) as conn, bus_outbox.transaction(conn):
+        kept = bus.shop.order_placed.fire(order_id=1, position=0)
+        with pytest.raises(Boom), bus_outbox.transaction(conn):  # a savepoint
+            bus.shop.order_placed.fire(order_id=1, position=1)
+            raise Boom
+        last = bus.shop.order_placed.fire(order_id=1, position=2)
+    assert [row[0] for row in outbox_rows(dsn, tables)] == [kept.id, last.id]
