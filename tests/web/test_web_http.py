@@ -86,6 +86,10 @@ def test_token_url_logs_in_and_drops_the_token(bus: Bus) -> None:
     assert page.headers["referrer-policy"] == "no-referrer"
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert "check_password" in page.text and "user_registered" in page.text
+    for path in ("//evil.example/x", "/\\evil.example/x"):  # never another host
+        away = console(bus).get(f"http://127.0.0.1{path}?token={TOKEN}")
+        assert away.status_code == 303, path
+        assert not away.headers["location"].startswith(("//", "/\\")), away.headers
     client.post("/logout", data={"csrf_token": re.search(
         r'name="csrf-token" content="([^"]+)"', page.text).group(1)})
     assert client.get("/apis/auth").status_code == 303  # the session is gone

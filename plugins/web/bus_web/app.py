@@ -449,7 +449,8 @@ def create_app(bus: Bus, settings: Settings) -> Starlette:
                 response: Response = JSONResponse({"error": "that token is not right"}, 401)
             else:  # the printed URL: log in, and drop the token from the address bar
                 rest = {k: v for k, v in request.query_params.items() if k != "token"}
-                target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
+                path = "/" + request.url.path.lstrip("/\\")  # `//host` would leave the site
+                target = path + (f"?{urlencode(rest)}" if rest else "")
                 response = console._logged_in(user, target)
         else:
             response = await call_next(request)
