@@ -115,6 +115,21 @@ def dsn_secrets(dsn: str | None) -> list[str]:
     return sorted({secret for secret in found if secret}, key=len, reverse=True)
 
 
+def check_dsn(dsn: str) -> str:
+    """`dsn` if libpq can parse it, else a ConfigError saying why (password hidden): a DSN
+    that cannot be read is a configuration mistake, not an outage for the relay to wait out
+    (it would retry, and warn, for ever)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        raise ConfigError(f"plugins.outbox.dsn is not a connection string PostgreSQL can read: "
+                          f"{redact(str(exc).strip(), dsn)}") from None
+    return dsn
+
+
 def redact(text: str, dsn: str | None = None) -> str:
     """`text` without passwords of PostgreSQL connection strings (URL or key=value form), nor
     the password of `dsn` wherever it appears (libpq may quote it in an error)."""

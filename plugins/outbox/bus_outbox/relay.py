@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from bus_core.errors import InvalidMessage
 from bus_core.messages import EventMessage, describe, valid_api_name, valid_member_name
-from bus_outbox.options import Options, options_for, redact
+from bus_outbox.options import Options, check_dsn, options_for, redact
 from bus_outbox.sql import DDL_LOCK, Statements, ddl
 from bus_outbox.stats import stats_for
 
@@ -88,7 +88,7 @@ class Relay:
                  relay_id: str | None = None) -> None:
         self.client = client
         self.options = options or options_for(client)
-        self.dsn = self.options.require_dsn("the outbox relay")
+        self.dsn = check_dsn(self.options.require_dsn("the outbox relay"))
         self.statements = Statements(self.options.schema)
         self.relay_id = relay_id or f"{client.process_name}-{secrets.token_hex(3)}"
         self.hostname = socket.gethostname()
