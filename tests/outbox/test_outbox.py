@@ -375,3 +375,17 @@ def test_a_savepoint_rolled_back_drops_its_events_only(make_outbox_bus, dsn, tab
             raise Boom
         last = bus.shop.order_placed.fire(order_id=1, position=2)
     assert [row[0] for row in outbox_rows(dsn, tables)] == [kept.id, last.id]
+
+
+def test_using_an_autocommit_connection_without_a_transaction_is_refused(make_outbox_bus,
+                                                                          dsn, tables, raw):
+    # Each fire would commit alone, as its own transaction: not with the caller's work, and
+    # two of them could be published in either order.
+    bus = make_outbox_bus()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(bus_outbox.OutboxError, match="autocommit"), bus_outbox.using(conn):
+            bus.shop.order_placed.fire(order_id=1, position=0)
+        with conn.transaction(), bus_outbox.using(conn):  # a transaction opened by the caller
+            fired = [bus.shop.order_placed.fire(order_id=2, position=p) for p in range(2)]
+    assert [row[0] for row in outbox_rows(dsn, tables)] == [m.id for m in fired]
+    assert raw.xlen(STREAM) == 0

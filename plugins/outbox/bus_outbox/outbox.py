@@ -155,6 +155,8 @@ def take_event(client: BusClient, message: EventMessage) -> bool | Awaitable[boo
     """The `bus_take_event` implementation: write `message` into the caller's transaction."""
     current = _current.get()
     if current is not None:
+        if not current._open:
+            _check_open(current.connection, message)
         if current.is_async:
             try:
                 asyncio.get_running_loop()
@@ -181,6 +183,20 @@ def take_event(client: BusClient, message: EventMessage) -> bool | Awaitable[boo
                 cursor.execute(statements_for(client).insert, row_of(message))
             return True
     return None
+
+
+def _check_open(connection: Any, message: EventMessage) -> None:
+    """Refuse a fire inside `using(conn)` when `conn` is in autocommit with no transaction
+    open: each event would commit on its own, not with the caller's work, and two of them
+    would be two transactions, which a relay may publish in either order."""
+    import psycopg
+
+    if (connection.autocommit
+            and connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE):
+        raise OutboxError(f"firing {message.canonical_name} inside bus_outbox.using(conn): "
+                          "conn is in autocommit mode with no transaction open, so the event "
+                          "would not belong to one; use `bus_outbox.transaction(conn)` (or "
+                          "open `conn.transaction()` around the block)")
 
 
 async def _write_async(connection: Any, statements: Statements, row: tuple[Any, ...]) -> bool:
