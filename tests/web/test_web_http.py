@@ -255,6 +255,24 @@ def test_no_redis_password_on_any_page(broker_name: str) -> None:
         bus.client.close()
 
 
+def test_an_unreachable_shared_schema_is_said_not_hidden(broker_name: str) -> None:
+    """Redis down for the shared schema: the pages say the schema could not be read
+    (without the password) rather than that the bus has no API and no dead letter."""
+    config = memory_config(broker_name)
+    config["bus"]["schema"] = {"transport": {"redis": {
+        "url": "redis://user:pa55word-xyz@127.0.0.1:9/0", "socket_timeout": 0.5}}}
+    bus = bus_core.create(config, service_name="web")
+    try:
+        client = console(bus)
+        logged_in(client)
+        for path in ("/", "/dead-letters", "/apis/shop"):
+            page = client.get(path).text
+            assert "cannot read the shared schema" in page, (path, page)
+            assert "127.0.0.1:9" in page and "pa55word" not in page, page
+    finally:
+        bus.client.close()
+
+
 def test_dead_letters_page_lists_and_replays(make_bus: Callable[..., Bus]) -> None:
     import time
 

@@ -75,6 +75,7 @@ class Console:
         self.bus = bus
         self.settings = settings
         self._apis: tuple[float, dict[str, data.ApiInfo]] | None = None
+        self.schema_problem = ""  # why the shared schema could not be read last time
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                                      autoescape=select_autoescape(["html"]))
         self.templates.filters["tojson_pretty"] = lambda v: json.dumps(
@@ -87,7 +88,8 @@ class Console:
         does not read every schema again)."""
         now = time.monotonic()
         if self._apis is None or now - self._apis[0] > SCHEMA_SECONDS:
-            self._apis = (now, await data.apis(self.bus))
+            found, self.schema_problem = await data.apis(self.bus)
+            self._apis = (now, found)
         return self._apis[1]
 
     def user(self, request: Request) -> tuple[str | None, Any]:
@@ -165,7 +167,8 @@ class Console:
         found = (await self.known()).get(api_name)
         if found is None:
             raise Problem(404, f"no API {api_name!r} on the bus (neither registered here nor "
-                               "in the shared schema)")
+                               "in the shared schema)" + (f"; {self.schema_problem}"
+                                                          if self.schema_problem else ""))
         return found
 
     # -- login ----------------------------------------------------------------------------
@@ -205,7 +208,8 @@ class Console:
     # -- pages ----------------------------------------------------------------------------
 
     async def home(self, request: Request) -> Response:
-        return self.page(request, "home.html", apis=await self.known())
+        apis = await self.known()
+        return self.page(request, "home.html", apis=apis, error=self.schema_problem)
 
     async def api_page(self, request: Request) -> Response:
         info = await self.api_info(request.path_params["api"])
@@ -318,8 +322,12 @@ class Console:
             rows, error = await self._letters(self._selection(query)), ""
         except Problem as problem:
             rows, error = [], problem.message
+        apis = await self.known()
+        if not error and self.schema_problem and not (query.get("api") or query.get("event")):
+            error = (f"{self.schema_problem}; only the APIs registered here were searched "
+                     "(choose an API to look at its dead letters)")
         return self.page(request, "dead_letters.html", rows=rows, query=query, error=error,
-                         apis=await self.known())
+                         apis=apis)
 
     async def dead_letters_json(self, request: Request) -> Response:
         return JSONResponse({"dead_letters": await self._letters(

@@ -41,24 +41,27 @@ class ApiInfo:
         return self.schema.get("events") or {}
 
 
-async def apis(bus: Bus) -> dict[str, ApiInfo]:
-    """Every API on the bus: those registered here, and those in the shared schema."""
+async def apis(bus: Bus) -> tuple[dict[str, ApiInfo], str]:
+    """Every API on the bus: those registered here, and those in the shared schema; and
+    why the shared schema could not be read ("" when it was), for the pages to say."""
     from bus_schema.generate import api_schema
 
     client = bus.client
     found: dict[str, ApiInfo] = {}
+    problem = ""
     try:
         state = await client.state()
         transport = await state.transport("schema", "")
         remote = await transport.load()
-    except Exception:  # no shared schema reachable: the local APIs still show
+    except Exception as exc:  # no shared schema reachable: the local APIs still show
         remote = {}
+        problem = redact_text(f"cannot read the shared schema: {exc}")
     for name, document in sorted(remote.items()):
         if isinstance(document, dict):
             found[name] = ApiInfo(name, False, document)
     for name, api in sorted(client.apis.items()):
         found[name] = ApiInfo(name, True, api_schema(api), api.definition.doc or "")
-    return dict(sorted(found.items()))
+    return dict(sorted(found.items())), problem
 
 
 async def workers(bus: Bus) -> list[dict[str, Any]]:
