@@ -270,3 +270,18 @@ def test_a_malformed_dsn_is_reported_without_its_password(tmp_path, redis_url, p
     with pytest.raises(bus_outbox.OutboxError, match="cannot connect") as caught:
         inbox.Connections(wrong).sync()
     assert "Secret" not in str(caught.value)
+
+
+def test_a_schema_name_of_the_longest_kind_still_notifies(redis_url, dsn, pg_schema, raw):
+    # A channel name is at most 63 bytes: "bus_outbox_" + a 63-character schema is not.
+    schema = (pg_schema + "_" + "s" * 63)[:63]
+    bus = make(redis_url, dsn, schema, relay=True, poll_interval=3600)
+    try:
+        bus.client.start_worker()
+        ids = fire_in_transaction(bus, dsn, 2)
+        wait_until(lambda: raw.xlen(STREAM) == 2, "the NOTIFY to wake the relay", timeout=10)
+        assert [f[b"id"].decode() for _, f in raw.xrange(STREAM)] == ids
+    finally:
+        bus.client.close()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -30,8 +30,11 @@ def check_schema_name(name: str) -> str:
 
 
 def channel(schema: str) -> str:
-    """The LISTEN/NOTIFY channel the insert trigger notifies and relays listen on."""
-    return f"bus_outbox_{schema}"
+    """The LISTEN/NOTIFY channel the insert trigger notifies and relays listen on, cut to the
+    63 bytes a channel name may have (pg_notify refuses a longer one, failing every insert;
+    schema names are ASCII). Schemas that share their first 52 characters share a channel:
+    a relay merely looks once more."""
+    return f"bus_outbox_{schema}"[:63]
 
 
 def ddl(schema: str) -> str:
