@@ -137,6 +137,12 @@ def test_init_status_and_prune_commands(tmp_path, redis_url, dsn, pg_schema, pos
         conn.execute(f"UPDATE {pg_schema}.bus_outbox SET sent_at = now() - interval '2 hours' "
                      "WHERE seq IN (SELECT seq FROM " + pg_schema + ".bus_outbox ORDER BY seq "
                      "LIMIT 3)")
+        # An unsent row and a failed one, as old: pruning never touches either.
+        conn.execute(f"INSERT INTO {pg_schema}.bus_outbox (message_id, api_name, event_name, "
+                     "kwargs, created_at, sent_at, error) VALUES "
+                     "('unsent', 'shop', 'order_placed', '{}', now() - interval '3 days', "
+                     "NULL, NULL), ('failed', 'shop', 'order_placed', '{}', "
+                     "now() - interval '3 days', now() - interval '2 days', 'refused')")
         conn.execute(f"INSERT INTO {pg_schema}.bus_inbox (service_name, listener_name, "
                      "message_id, api_name, event_name, processed_at) VALUES "
                      "('s', 'l', 'old', 'shop', 'order_placed', now() - interval '30 days'), "
@@ -144,7 +150,9 @@ def test_init_status_and_prune_commands(tmp_path, redis_url, dsn, pg_schema, pos
     pruned = bus_cli(tmp_path, config, "outbox", "prune")
     assert pruned.stdout.strip() == "pruned 3 sent outbox rows and 1 inbox marks", pruned.stderr
     with psycopg.connect(dsn) as conn:
-        assert conn.execute(f"SELECT count(*) FROM {pg_schema}.bus_outbox").fetchone() == (1,)
+        left = conn.execute(f"SELECT message_id, sent_at IS NULL, error FROM {pg_schema}."
+                            "bus_outbox ORDER BY seq").fetchall()
+        assert [row[1:] for row in left] == [(False, None), (True, None), (False, "refused")]
         assert conn.execute(f"SELECT message_id FROM {pg_schema}.bus_inbox").fetchall() == [
             ("new",)]
 
