@@ -180,6 +180,11 @@ def test_bad_input_gets_a_clear_error(bus: Bus) -> None:
         assert listed.status_code == 400, (query, listed.text)
     assert "limit" in client.get("/api/dead-letters?limit=many").json()["error"]
     assert call("/api/config/check", data={"config": "  "}).status_code == 400
+    for big in ({"data": {"config": "a: " + "x" * 300_000}},
+                {"files": {"config": (None, "a: " + "x" * 300_000)}}):
+        too_big = call("/api/config/check", **big)
+        assert too_big.status_code in (400, 413), too_big.text
+        assert "256" in too_big.json()["error"]  # JSON, saying why, as every endpoint
     bad_time = client.get("/history?api=auth&event=user_registered&since=yesterday")
     assert bad_time.status_code == 200 and "is not a time" in bad_time.text
     far = client.get("/history?api=auth&event=user_registered&since=99999999999d")

@@ -19,6 +19,7 @@ from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -123,6 +124,8 @@ class Console:
                 if post:
                     await self._check_post(request, session, write)
                 return await handler(request)
+            except HTTPException as exc:  # Starlette refusing a form (a part too large)
+                return JSONResponse({"error": str(exc.detail)}, exc.status_code)
             except Problem as problem:
                 if api or request.method != "GET":
                     return JSONResponse({"error": problem.message, **problem.extra},
