@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
+import referencing
+import referencing.exceptions
 
 MAX_DEPTH = 4  # nested objects drawn as fieldsets; deeper ones are JSON fields
 
@@ -122,14 +124,26 @@ def _json_hint(schema: dict[str, Any]) -> str:
     return "JSON value"
 
 
+def _no_retrieval(uri: str) -> Any:
+    """A `$ref` to anything outside the schema itself: never fetched (the schema comes from
+    the shared schema, which any service writes; fetching would make the console's host
+    request any URL, inside its network too)."""
+    raise referencing.exceptions.NoSuchResource(ref=uri)
+
+
 def validation_errors(schema: dict[str, Any], value: Any, limit: int = 20
                       ) -> list[dict[str, str]]:
     """The schema's complaints about `value`: [{"path", "message"}], best first."""
     try:
         validator_class = jsonschema.validators.validator_for(schema)
-        validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+        validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER,
+                                    registry=referencing.Registry(retrieve=_no_retrieval))
         errors = sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.path)))
     except jsonschema.exceptions.SchemaError as exc:
         return [{"path": "", "message": f"the schema itself is invalid: {exc.message}"}]
+    except referencing.exceptions.Unresolvable as exc:
+        return [{"path": "", "message": f"the schema's $ref {str(exc.ref)[:200]!r} cannot be "
+                                        "resolved here (only references inside the schema "
+                                        "are followed)"}]
     return [{"path": ".".join(map(str, error.path)) or "(arguments)",
              "message": error.message[:500]} for error in errors[:limit]]
