@@ -389,3 +389,30 @@ def test_using_an_autocommit_connection_without_a_transaction_is_refused(make_ou
             fired = [bus.shop.order_placed.fire(order_id=2, position=p) for p in range(2)]
     assert [row[0] for row in outbox_rows(dsn, tables)] == [m.id for m in fired]
     assert raw.xlen(STREAM) == 0
+
+
+async def test_two_relays_in_one_process_publish_each_event_once(make_outbox_bus, dsn,
+                                                                 tables, raw):
+    bus = make_outbox_bus(batch_size=3)
+    conn = await psycopg.AsyncConnection.connect(dsn)
+    try:
+        for order_id in range(60):
+            async with bus_outbox.transaction(conn):
+                for position in range(2):
+                    await bus.shop.order_placed.fire_async(order_id=order_id,
+                                                           position=position)
+    finally:
+        await conn.close()
+    first, second = Relay(bus.client), Relay(bus.client)
+    running = asyncio.get_running_loop().create_task(first.run(once=True))
+    await asyncio.sleep(0)  # let it start
+    # The same relay twice would share its transaction, and its locks would not part them.
+    with pytest.raises(RuntimeError, match="already running"):
+        await first.run(once=True)
+    # A `once` run stops when it finds fewer heads than batch_size free: the rest are in
+    # the other's round, which that one finishes, so the two together publish everything.
+    await asyncio.gather(running, second.run(once=True))
+    ids = [fields[b"id"] for _, fields in raw.xrange(STREAM)]
+    assert len(ids) == len(set(ids)) == 120
+    assert first.published + second.published == 120
+    await bus.client.close_async()

@@ -103,6 +103,7 @@ class Relay:
         self._last_heartbeat = 0.0
         self._last_prune = time.monotonic()
         self._tables_ready = not self.options.create_tables
+        self._running = False
 
     # -- connections ------------------------------------------------------------------
 
@@ -157,7 +158,13 @@ class Relay:
         self._wake.set()
 
     async def run(self, once: bool = False) -> None:
-        """Relay until `stop()` (or, with `once`, until no committed row is left)."""
+        """Relay until `stop()` (or, with `once`, until no committed row is left). One run at a
+        time: two would share one database transaction, whose row locks do not keep them apart,
+        and publish the same rows; a second relay is another `Relay`."""
+        if self._running:
+            raise RuntimeError(f"outbox relay {self.relay_id} is already running: make another "
+                               "Relay to run a second one")
+        self._running = True
         logger.info("outbox relay %s: relaying %s.bus_outbox", self.relay_id,
                     self.options.schema)
         try:
@@ -194,6 +201,7 @@ class Relay:
             await self._close()
             logger.info("outbox relay %s: stopped (%d events published)", self.relay_id,
                         self.published)
+            self._running = False
 
     async def _pause(self, seconds: float) -> None:
         """Wait `seconds`, or less when a NOTIFY (or stop) arrives."""
