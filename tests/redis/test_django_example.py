@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.conftest import ROOT
 from tests.core.test_cli import Running
@@ -266,14 +267,30 @@ def test_an_order_and_its_event_commit_together_and_the_listener_ships_once(
                 conn.commit()
                 time.sleep(0.05)
             conn.commit()
-            # ... and the inbox applies it once: still one shipment.
+            # ... and the inbox acknowledges the repeat without running the handler (which
+            # would fail on the one-to-one shipment, and be retried, not acknowledged).
+            with redis.Redis.from_url(outbox_env["REDIS_URL"]) as raw:
+                stream = "orders.*:stream"
+                assert [f[b"id"].decode() for _, f in raw.xrange(stream)] == [event_id] * 2
+                last = raw.xrevrange(stream, count=1)[0][0]
+
+                def repeat_acknowledged() -> bool:
+                    group = next(g for g in raw.xinfo_groups(stream)
+                                 if b"ship_order" in g["name"])
+                    return group["last-delivered-id"] == last and group["pending"] == 0
+
+                deadline = time.monotonic() + 15
+                while not repeat_acknowledged():
+                    assert time.monotonic() < deadline, raw.xinfo_groups(stream)
+                    time.sleep(0.05)
             assert conn.execute("SELECT count(*) FROM orders_shipment").fetchone() == (1,)
             assert conn.execute("SELECT service_name, listener_name, message_id "
                                 "FROM bus_inbox").fetchall() == [
                 ("orders", "ship_order", event_id)]
     finally:
         code = stop(server.process)
-        assert stop(worker.process) == 0, "\n".join(worker.seen)
+        worker_code = worker.stop()
     output = server.output() + "\n".join(worker.seen)
-    assert code == 0, output
+    assert worker_code == 0 and code == 0, output
+    assert "IntegrityError" not in output  # the handler never ran for the repeat
     assert postgres.password not in output
