@@ -26,6 +26,7 @@ from bus_core.cli_messages import (
     split_target,
 )
 from bus_core.dead_letters import Selection
+from bus_core.messages import valid_api_name
 from bus_core.transports import DeadLetter
 
 
@@ -42,6 +43,8 @@ def _selection(args: argparse.Namespace) -> Selection:
     """The filters, parsed (UsageError when malformed)."""
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit takes a positive number")
+    if args.api is not None and not valid_api_name(args.api):
+        raise UsageError(f"{args.api!r} is not an API name (e.g. shop or shop.orders)")
     events: list[tuple[str, str]] = []
     for event in args.event or []:
         events.append((args.api, event) if args.api and "." not in event

@@ -124,6 +124,8 @@ def test_usage_errors(cli: Cli) -> None:
     assert code == 2 and "does not name an event" in err
     code, _, err = cli("list", "--limit", "0")
     assert code == 2
+    code, _, err = cli("list", "--api", "no such api")
+    assert code == 2 and "is not an API name" in err
     code, _, err = cli("list", "--since", "99999999999d")
     assert code == 2 and "is too far back" in err
 
