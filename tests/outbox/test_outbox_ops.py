@@ -53,8 +53,10 @@ def bus_cli(tmp_path: Path, config: dict[str, Any], *args: str,
 
 def test_a_worker_creates_the_tables_and_relays_woken_by_notify(redis_url, dsn, pg_schema,
                                                                 raw):
-    # A poll interval far longer than the test: only the NOTIFY can wake the relay in time.
-    bus = make(redis_url, dsn, pg_schema, relay=True, poll_interval=3600)
+    # Poll and heartbeat intervals far longer than the test: only the NOTIFY can wake the
+    # relay in time.
+    bus = make(redis_url, dsn, pg_schema, relay=True, poll_interval=3600,
+               heartbeat_interval=3600)
     try:
         bus.client.start_worker()  # creates the tables (create_tables defaults to true)
         ids = fire_in_transaction(bus, dsn, 3)
@@ -293,3 +295,23 @@ def test_a_schema_name_of_the_longest_kind_still_notifies(redis_url, dsn, pg_sch
         bus.client.close()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_an_idle_relay_keeps_its_heartbeat(redis_url, dsn, pg_schema):
+    # NOTIFY wakes the relay, so a long poll_interval is reasonable; it must not make an idle
+    # relay look gone to `bus outbox status` (seen within three heartbeats).
+    bus = make(redis_url, dsn, pg_schema, relay=True, poll_interval=3600,
+               heartbeat_interval=0.1)
+
+    def seen() -> list[Any]:
+        with psycopg.connect(dsn) as conn:
+            return [row[0] for row in conn.execute(
+                f"SELECT seen_at FROM {pg_schema}.bus_outbox_relays").fetchall()]
+
+    try:
+        bus.client.start_worker()
+        wait_until(lambda: len(seen()) == 1, "the relay's first heartbeat")
+        first = seen()[0]
+        wait_until(lambda: seen()[0] > first, "a heartbeat while idle", timeout=5)
+    finally:
+        bus.client.close()

@@ -55,7 +55,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "poll_interval": {"type": "number", "exclusiveMinimum": 0,
                           "default": DEFAULTS["poll_interval"],
                           "description": "seconds a relay waits for a NOTIFY before looking "
-                                         "anyway (the fallback when a notification is lost)"},
+                                         "anyway (the fallback when a notification is lost; "
+                                         "at most heartbeat_interval)"},
         "heartbeat_interval": {"type": "number", "exclusiveMinimum": 0,
                                "default": DEFAULTS["heartbeat_interval"],
                                "description": "seconds between a relay's heartbeats in "

@@ -193,7 +193,10 @@ class Relay:
                 elif taken < self.options.batch_size:
                     if once:
                         return
-                    await self._pause(self.options.poll_interval)
+                    # Up to the next heartbeat at most: an idle relay whose NOTIFY never came
+                    # must still say it is alive (status counts relays seen within three).
+                    await self._pause(min(self.options.poll_interval,
+                                          self.options.heartbeat_interval))
         finally:
             with contextlib.suppress(Exception):
                 if self._conn is not None and not self._conn.closed:
