@@ -103,3 +103,16 @@ def test_a_remote_ref_is_never_fetched() -> None:
     assert requested == []
     (error,) = errors
     assert "cannot be resolved" in error["message"] and "internal-secret" not in str(errors)
+
+
+def test_a_malformed_schema_is_said_not_a_crash() -> None:
+    """The shared schema is data from elsewhere: a malformed member schema still draws a
+    page (fields where it can) and the check answers that the schema is invalid."""
+    for schema in ({"required": 5, "properties": {"a": {}}}, {"properties": [1]},
+                   {"properties": {"a": {"anyOf": [{"type": "null"}, {"type": "null"}]}}},
+                   {"required": [[1]], "properties": {}}):
+        assert isinstance(fields_for(schema), list)
+    for schema in ({"type": "object", "properties": {"a": {"type": "string", "pattern": "("}}},
+                   {"type": 5}):
+        (error,) = validation_errors(schema, {"a": "x"})
+        assert error["message"].startswith("the schema itself is invalid"), error

@@ -52,8 +52,9 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     """`T | None` (anyOf with null) is drawn as T, left empty for null."""
     options = schema.get("anyOf")
     if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
-        other = next(o for o in options if o != {"type": "null"})
-        return {**other, **{k: v for k, v in schema.items() if k != "anyOf"}}
+        other = next((o for o in options if o != {"type": "null"}), None)
+        if isinstance(other, dict):
+            return {**other, **{k: v for k, v in schema.items() if k != "anyOf"}}
     return schema
 
 
@@ -62,9 +63,11 @@ def fields_for(schema: dict[str, Any], root: dict[str, Any] | None = None, prefi
     """The fields of an object schema (a parameters schema), in declaration order."""
     root = root if root is not None else schema
     schema = _resolve(schema, root)
-    required = set(schema.get("required") or ())
+    listed = schema.get("required")
+    required = {r for r in listed if isinstance(r, str)} if isinstance(listed, list) else set()
+    properties = schema.get("properties")
     found = []
-    for name, sub in (schema.get("properties") or {}).items():
+    for name, sub in (properties if isinstance(properties, dict) else {}).items():
         if isinstance(sub, dict):
             found.append(_field(f"{prefix}{name}", name, _nullable(_resolve(sub, root)), root,
                                 name in required, depth))
@@ -136,6 +139,7 @@ def validation_errors(schema: dict[str, Any], value: Any, limit: int = 20
     """The schema's complaints about `value`: [{"path", "message"}], best first."""
     try:
         validator_class = jsonschema.validators.validator_for(schema)
+        validator_class.check_schema(schema)  # a schema from elsewhere may be malformed
         validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER,
                                     registry=referencing.Registry(retrieve=_no_retrieval))
         errors = sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.path)))
