@@ -45,10 +45,18 @@ class ShellLoop:
 
     def run(self, awaitable: Any) -> Any:
         """Wait for `awaitable` on the shell loop; Ctrl-C cancels it and re-raises."""
+        runner = _awaited(awaitable)
         try:
-            return self._thread.run(_awaited(awaitable))
+            return self._thread.run(runner)
         except concurrent.futures.CancelledError:  # cancelled from inside: as Ctrl-C
             raise KeyboardInterrupt from None
+        except KeyboardInterrupt:
+            # Ctrl-C before the loop took it: it never starts (and no "never awaited").
+            if inspect.getcoroutinestate(runner) == inspect.CORO_CREATED:
+                runner.close()
+                if inspect.iscoroutine(awaitable):
+                    awaitable.close()
+            raise
 
     def close(self) -> None:
         self._thread.stop()

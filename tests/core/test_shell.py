@@ -239,7 +239,8 @@ async def test_plugins_that_are_not_enabled_are_not_asked(make_bus):
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
 def test_ctrl_c_stops_a_long_await_and_keeps_the_prompt():
     with shell_in_terminal(QUICKSTART) as terminal:
-        terminal.say("await asyncio.sleep(60)\n", "await asyncio.sleep(60)\r\n")
+        # Ctrl-C once the await runs (the line's own print says so: the loop has it)
+        terminal.say("print('sleeping'); await asyncio.sleep(60)\n", "sleeping\r\n")
         terminal.process.send_signal(signal.SIGINT)  # what Ctrl-C sends
         terminal.expect("KeyboardInterrupt")
         terminal.expect(">>> ")
@@ -262,3 +263,31 @@ def test_leaving_drains_a_worker_started_at_the_prompt_before_closing(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.replace(">>> ", "").splitlines() if line]
     assert lines.index("worker stopping") < lines.index("client stopping"), lines
+
+
+def test_ctrl_c_before_the_loop_takes_an_await_leaves_nothing_unawaited(monkeypatch):
+    import warnings
+
+    from bus_core.shell import ShellLoop
+
+    shell_loop = ShellLoop()
+    try:
+        def interrupted(coro):
+            raise KeyboardInterrupt  # the signal lands before the loop was handed anything
+
+        monkeypatch.setattr(shell_loop._thread, "run", interrupted)
+
+        async def typed() -> None:
+            pass
+
+        awaitable = typed()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(KeyboardInterrupt):
+                shell_loop.run(awaitable)
+            del awaitable
+            import gc
+            gc.collect()
+        assert [w for w in caught if "never awaited" in str(w.message)] == []
+    finally:
+        shell_loop.close()
