@@ -429,6 +429,9 @@ def measure(sizes: Sizes) -> list[Row]:
     return rows
 
 
+TARGETS = {"events end to end": 50_000, "RPC, sequential await call_async": 20_000}
+
+
 def render(rows: list[Row], sizes: Sizes, quick: bool, seconds: float) -> str:
     """The table, its legend, and the per-message hook cost."""
     lines = [
@@ -450,6 +453,10 @@ def render(rows: list[Row], sizes: Sizes, quick: bool, seconds: float) -> str:
         f"{1e6 / facade.baseline_rate:.2f} us, with the trivial impls: "
         f"{1e6 / facade.bus_rate:.2f} us (both hooks together)"
     )
+    for case, target in TARGETS.items():  # issue #13's absolute targets for this path
+        row = next(r for r in rows if r.case.startswith(case))
+        lines.append(f"{case}: {row.bus_rate:,.0f}/s; target >= {target:,}/s: "
+                     f"{'ok' if row.bus_rate >= target else 'MISS'}")
     return "\n".join(lines)
 
 
