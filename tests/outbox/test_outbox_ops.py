@@ -315,3 +315,41 @@ def test_an_idle_relay_keeps_its_heartbeat(redis_url, dsn, pg_schema):
         wait_until(lambda: seen()[0] > first, "a heartbeat while idle", timeout=5)
     finally:
         bus.client.close()
+
+
+DJANGO_FIRE = """
+import sys
+import django
+from django.conf import settings
+from urllib.parse import urlsplit
+
+url = urlsplit(sys.argv[1])
+settings.configure(DATABASES={"default": {
+    "ENGINE": "django.db.backends.postgresql", "NAME": url.path.lstrip("/"),
+    "USER": url.username, "PASSWORD": url.password, "HOST": url.hostname,
+    "PORT": str(url.port)}})
+django.setup()
+from django.db import transaction
+import bus_core, bus_outbox
+from tests.outbox.shop import ShopApi
+
+bus = bus_core.create({"plugins": {"outbox": {"enabled": True, "django": True,
+                                              "schema": sys.argv[2]}}}, service_name="shop")
+bus.client.register_api(ShopApi())
+try:
+    with transaction.atomic():
+        bus.shop.order_placed.fire(order_id=1, position=0)
+except bus_outbox.OutboxError as exc:
+    print("OutboxError:", exc)
+finally:
+    bus.client.close()
+"""
+
+
+def test_a_django_fire_without_outbox_tables_says_how_to_make_them(tmp_path, dsn, pg_schema):
+    pytest.importorskip("django")
+    result = subprocess.run([sys.executable, "-c", DJANGO_FIRE, dsn, pg_schema],
+                            capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert "OutboxError: no outbox table" in result.stdout, result.stdout + result.stderr
+    assert "run `bus outbox init`" in result.stdout

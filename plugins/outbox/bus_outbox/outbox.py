@@ -179,8 +179,13 @@ def take_event(client: BusClient, message: EventMessage) -> bool | Awaitable[boo
 
         connection = connections[options.django_database]
         if connection.in_atomic_block:
-            with connection.cursor() as cursor:
-                cursor.execute(statements_for(client).insert, row_of(message))
+            statements = statements_for(client)
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(statements.insert, row_of(message))
+            except Exception as exc:
+                _explain(exc.__cause__ or exc, statements)  # Django wraps psycopg's error
+                raise
             return True
     return None
 
