@@ -313,10 +313,14 @@ def test_a_redis_restart_during_relay_loses_nothing(make_scenario, tmp_path):
         world.produce(200)
         wait_until(lambda: world.published() > 30, "the relay publishing", timeout=30)
         server.stop()  # Redis goes away mid-stream ...
+        world.wait_produced()
+        # ... while transactions still commit (so the relay has something to publish,
+        # however fast it emptied the outbox before) ...
+        world.produce(10, background=False)
+        assert world.producer_error is None, world.producer_error
         wait_until(lambda: "publishing failed" in world.logs(), "the relay to notice",
                    timeout=30)
         server.start()  # ... and comes back with what it had acknowledged
-        world.wait_produced()
         wait_until(lambda: world.unsent() == 0, "the relay to catch up", timeout=60)
         world.check_effectively_once()
         relay.send_signal(signal.SIGTERM)
