@@ -32,7 +32,7 @@ from bus_core.cli_dead_letters import moment
 from bus_core.cli_messages import UsageError, split_target
 from bus_core.client import Bus
 from bus_core.dead_letters import Selection
-from bus_core.errors import BusError, RemoteError, RpcTimeout
+from bus_core.errors import BusError, RemoteError, RpcTimeout, TransportError
 from bus_core.messages import valid_api_name, valid_member_name
 from bus_core.redaction import redact_text
 from bus_web import data
@@ -405,7 +405,9 @@ class Console:
             letters = await engine.find(self.bus.client, ids, selection)
             run = engine.replay if action == "replay" else engine.purge
             outcomes = await run(self.bus.client, letters, self.who(request))
-        except BusError as exc:
+        except TransportError as exc:  # the bus failing, not the request
+            raise Problem(502, _clean(str(exc))) from None
+        except BusError as exc:  # ids not found (or on several streams)
             raise Problem(400, _clean(str(exc))) from None
         return JSONResponse({"outcomes": [
             {"id": o.letter.id, "stream": o.letter.stream, "done": o.done,
