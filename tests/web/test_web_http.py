@@ -164,6 +164,10 @@ def test_bad_input_gets_a_clear_error(bus: Bus) -> None:
     remote = call("/api/call/auth/fail", json={"kwargs": {"message": "out of stock"}})
     assert remote.status_code == 502
     assert remote.json()["error"] == "auth.fail() raised ValueError: out of stock"
+    deep = call("/api/call/auth/check_password", headers={
+        **headers, "Content-Type": "application/json"},
+        content=b'{"kwargs": {"username": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}")
+    assert deep.status_code == 400 and "deep" in deep.json()["error"], deep.text
     big = call("/api/call/auth/check_password", content=b"x" * (1024 * 1024 + 1),
                headers={**headers, "Content-Type": "application/json"})
     assert big.status_code == 413

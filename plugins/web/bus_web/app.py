@@ -158,6 +158,8 @@ class Console:
             value = json.loads(body or b"{}")
         except ValueError as exc:
             raise Problem(400, f"the request body is not JSON: {exc}") from None
+        except RecursionError:
+            raise Problem(400, "the request body is nested too deeply") from None
         if not isinstance(value, dict):
             raise Problem(400, "the request body must be a JSON object")
         return value
