@@ -184,6 +184,10 @@ def test_bad_input_gets_a_clear_error(bus: Bus) -> None:
         assert listed.status_code == 400, (query, listed.text)
     assert "limit" in client.get("/api/dead-letters?limit=many").json()["error"]
     assert call("/api/config/check", data={"config": "  "}).status_code == 400
+    # A body over the limit is refused by its length, before its form is read (for the
+    # CSRF field) into memory.
+    oversized = client.post("/api/config/check", data={"config": "x" * (2 * 1024 * 1024)})
+    assert oversized.status_code == 413, oversized.text
     for big in ({"data": {"config": "a: " + "x" * 300_000}},
                 {"files": {"config": (None, "a: " + "x" * 300_000)}}):
         too_big = call("/api/config/check", **big)

@@ -135,6 +135,9 @@ class Console:
         return guarded
 
     async def _check_post(self, request: Request, session: Any, write: bool) -> None:
+        length = request.headers.get("content-length")  # first: before a form is read
+        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+            raise Problem(413, f"the request is larger than {MAX_BODY} bytes")
         if session is not None:  # a cookie came with it: the page's token must too
             given = request.headers.get("x-csrf-token")
             if given is None and request.headers.get("content-type", "").startswith(
@@ -146,9 +149,6 @@ class Console:
             raise Problem(403, "the console is read-only: start it with `bus web "
                                "--allow-writes` (or plugins.web.allow_writes) to call, fire, "
                                "replay or purge")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY:
-            raise Problem(413, f"the request is larger than {MAX_BODY} bytes")
 
     async def json_body(self, request: Request) -> dict[str, Any]:
         body = await request.body()
