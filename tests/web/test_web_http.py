@@ -67,6 +67,17 @@ def test_every_page_and_endpoint_needs_a_user(bus: Bus) -> None:
     assert COOKIE not in wrong.cookies
 
 
+def test_login_reads_only_a_small_token_form(bus: Bus) -> None:
+    """/login answers anyone: it never takes an upload (spooled to disk) nor a big body."""
+    client = console(bus)
+    upload = client.post("/login", data={"token": TOKEN},
+                         files={"f": ("x.bin", b"\0" * 100_000)})
+    assert upload.status_code == 415 and COOKIE not in upload.cookies
+    big = client.post("/login", data={"token": TOKEN, "pad": "x" * 100_000})
+    assert big.status_code == 413 and COOKIE not in big.cookies
+    assert client.post("/login", data={"token": TOKEN}).status_code == 303  # the form works
+
+
 def test_login_goes_back_only_to_a_page_of_the_console(bus: Bus) -> None:
     for target, landing in (("/workers", "/workers"), ("//evil.example/x", "/"),
                             ("/\\evil.example", "/"), ("https://evil.example", "/")):

@@ -42,6 +42,7 @@ from bus_web.security import COOKIE, SESSION_SECONDS, Settings, csrf_matches
 logger = logging.getLogger("bus.web")
 HERE = Path(__file__).parent
 MAX_BODY = 1024 * 1024
+MAX_LOGIN_BODY = 16 * 1024  # a token and little else
 SCHEMA_SECONDS = 2.0  # how long the APIs' schemas are reused
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
@@ -183,7 +184,13 @@ class Console:
         if not re.fullmatch(r"/(?![/\\])[^\s]*", next_path):  # a path here, never a host
             next_path = "/"
         error = ""
-        if request.method == "POST":
+        if request.method == "POST":  # anyone may post here: a small form, no upload
+            if not request.headers.get("content-type", "").startswith(
+                    "application/x-www-form-urlencoded"):
+                return JSONResponse({"error": "log in with the login form"}, 415)
+            length = request.headers.get("content-length", "")
+            if not length.isdigit() or int(length) > MAX_LOGIN_BODY:
+                return JSONResponse({"error": "the login form is too large"}, 413)
             form = await request.form()
             token = form.get("token")
             user = self.settings.user_for_token(token if isinstance(token, str) else None)
