@@ -336,3 +336,38 @@ def test_dead_letters_page_lists_and_replays(make_bus: Callable[..., Bus]) -> No
 
 def test_env_is_untouched() -> None:
     assert "BUS_WEB_TEST_SECRET" not in os.environ
+
+
+def _children() -> int:
+    """How many processes this one has started and not yet reaped."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            count += int(fields[1]) == os.getpid()
+    return count
+
+
+def test_config_checks_run_a_few_at_a_time() -> None:
+    """Each check is a Python process: a burst of them (any read-only user can send one)
+    runs at most CHECKS_AT_ONCE at a time, and every one still gets its verdict."""
+    import asyncio
+
+    from bus_web import data
+
+    async def burst() -> tuple[list[tuple[bool, str]], int]:
+        peak = 0
+        checks = asyncio.gather(*(data.check_config("apis: {}\n") for _ in range(6)))
+        while not checks.done():
+            peak = max(peak, _children())
+            await asyncio.sleep(0.005)
+        return await checks, peak
+
+    before = _children()
+    verdicts, peak = asyncio.run(burst())
+    assert all(valid for valid, _ in verdicts), verdicts
+    assert 0 < peak - before <= data.CHECKS_AT_ONCE, (peak, before)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 import tempfile
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,9 @@ from bus_core.redaction import redact_text
 
 CHECK_TIMEOUT = 30.0
 MAX_CONFIG_BYTES = 256 * 1024
+CHECKS_AT_ONCE = 2  # each check is a Python process: a burst waits its turn
+_checks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary())  # one per loop: a semaphore belongs to the loop it waits on
 # `bus config check FILE` with no environment variable left (Python may set some of its
 # own at start-up, such as LC_CTYPE when it coerces a C locale).
 _CHECK = ("import os, sys\nos.environ.clear()\nfrom bus_core.cli import main\n"
@@ -107,7 +111,17 @@ async def check_config(text: str) -> tuple[bool, str]:
     """`bus config check` on `text` (YAML or JSON), as the command says it: (valid, its
     output). Run as the real command in a subprocess whose environment is empty by the time
     the config is read (so `${VAR}` in a pasted config cannot reveal any variable, not even
-    PATH or HOME), with passwords in URLs hidden from the output."""
+    PATH or HOME), with passwords in URLs hidden from the output. At most CHECKS_AT_ONCE
+    run at a time (any user, read-only too, may send a burst)."""
+    loop = asyncio.get_running_loop()
+    checks = _checks.get(loop)
+    if checks is None:
+        checks = _checks[loop] = asyncio.Semaphore(CHECKS_AT_ONCE)
+    async with checks:
+        return await _check_in_subprocess(text)
+
+
+async def _check_in_subprocess(text: str) -> tuple[bool, str]:
     with tempfile.TemporaryDirectory(prefix="bus-web-check-") as folder:
         path = Path(folder) / "config.yaml"
         path.write_text(text, encoding="utf-8")
