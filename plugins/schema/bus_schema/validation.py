@@ -9,6 +9,8 @@ from typing import Any
 
 import fastjsonschema
 import jsonschema
+import referencing
+import referencing.exceptions
 
 from bus_core.errors import InvalidMessage
 
@@ -46,22 +48,57 @@ def _expected(error: jsonschema.ValidationError) -> str:
     return _cut(message, 4 * SHOWN_VALUE)
 
 
+def _never_fetch(uri: str) -> Any:
+    """A schema on the bus is written by any service: a `$ref` to anything outside it (a
+    URL, a file) is never fetched, or a schema could make every validating service request
+    any address, its own network included."""
+    raise referencing.exceptions.NoSuchResource(ref=uri)
+
+
+_LOCAL_ONLY = referencing.Registry(retrieve=_never_fetch)  # type: ignore[call-arg]
+_NO_HANDLERS = {scheme: _never_fetch for scheme in ("http", "https", "ftp", "file", "")}
+
+
+def _outside_refs(schema: Any) -> list[str]:
+    """The `$ref`s of `schema` that point outside it (anything but `#...`)."""
+    found: list[str] = []
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and not ref.startswith("#"):
+                found.append(ref)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
 class CompiledSchema:
     """One schema, ready to check values quickly and explain failures well."""
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.schema = schema
-        self.reference = jsonschema.Draft7Validator(schema)
+        self.reference = jsonschema.Draft7Validator(schema, registry=_LOCAL_ONLY)
+        # A reference outside the schema is never fetched: values are refused, saying why.
+        self.outside = _outside_refs(schema)
+        if self.outside:
+            self._fast = None
+            return
         try:
             # Formats and defaults are off: jsonschema checks no format by default, and a
             # validator must not change the value it checks.
             self._fast: Any = fastjsonschema.compile(schema, use_default=False,
-                                                     use_formats=False)
+                                                     use_formats=False,
+                                                     handlers=_NO_HANDLERS)
         except Exception as exc:  # a schema fastjsonschema cannot compile: reference only
             logger.debug("no compiled validator for %s: %s", schema.get("title"), exc)
             self._fast = None
 
     def is_valid(self, value: Any) -> bool:
+        if self.outside:
+            return False
         if self._fast is not None:
             try:
                 self._fast(value)
@@ -74,6 +111,11 @@ class CompiledSchema:
         """Raise SchemaValidationError unless `value` is valid."""
         if self.is_valid(value):
             return
+        if self.outside:
+            raise SchemaValidationError(
+                where, "", value, f"the schema refers to {_cut(self.outside[0], 80)!r} "
+                "outside itself, which Bus never fetches (a shared schema is written by any "
+                "service)")
         error = jsonschema.exceptions.best_match(self.reference.iter_errors(value))
         if error is None:  # the reference says valid after all: it decides
             return
