@@ -14,16 +14,10 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
-WAIT_MS = 15_000
+from tests.browser import WAIT_MS, needs_chromium
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="browser tests need Debian's chromium at /usr/bin/chromium "
-                              "(apt-get install chromium; .ci/run installs it)"),
-]
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 def _helpers() -> ModuleType:

@@ -19,23 +19,14 @@ from typing import Any
 
 import pytest
 
+from tests.browser import BROWSER_ARGS, CHROMIUM, WAIT_MS, needs_chromium
 from tests.conftest import ROOT
 from tests.core.test_cli import Running
 from tests.redis.conftest import RedisServer, free_port, stop_process
 
-CHROMIUM = Path("/usr/bin/chromium")
 EXAMPLE = ROOT / "examples" / "console"
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"]
-WAIT_MS = 15_000
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="browser tests need Debian's chromium at /usr/bin/chromium "
-                              "(apt-get install chromium; .ci/run installs it)"),
-]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 @dataclass
