@@ -23,6 +23,7 @@ class ApiRegistry:
         self.procedures: dict[tuple[str, str], ServedRpc] = {}
         self.calls: dict[tuple[str, str], OutgoingCall] = {}
         self.events: dict[tuple[str, str], OutgoingEvent] = {}
+        self.generation = 0  # changes whenever what is known of APIs changes
 
     def register(self, api: Api) -> Api:
         """Serve (and be allowed to fire the events of) `api`."""
@@ -44,6 +45,7 @@ class ApiRegistry:
             )
         warn_about_wire_types(definition)
         self.apis[definition.name] = api
+        self.generation += 1
         for rpc in definition.rpcs.values():
             method = getattr(api, rpc.name)
             self.procedures[(definition.name, rpc.name)] = ServedRpc(
@@ -63,6 +65,7 @@ class ApiRegistry:
 
     def remember_described(self, described: dict[str, ApiDefinition]) -> dict[str, Any]:
         self.described = {name: d for name, d in described.items() if name not in self.apis}
+        self.generation += 1
         return {**self.described, **{name: a.definition for name, a in self.apis.items()}}
 
     def outgoing_call(self, api_name: str, procedure_name: str) -> OutgoingCall:

@@ -25,7 +25,7 @@ from bus_core.errors import (
     TransportUnavailable,
     WireError,
 )
-from bus_core.logs import Throttle, about, detached, message_fields
+from bus_core.logs import Throttle, about, current_message, detached, message_fields
 from bus_core.message_path import error_result
 from bus_core.messages import EventMessage, ResultMessage, RpcMessage
 from bus_core.plugins import now
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("bus.worker")
 _RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 MAX_LOGGED_NAMES = 1000  # undeclared parameter names logged once each, at most this many
+_UNKNOWN: Any = object()  # not yet looked up (None: looked up, the event is not known)
 
 
 def _utc_now() -> datetime:
@@ -151,6 +152,7 @@ class Worker:
         self._malformed_calls = Throttle(logger)
         # (api, event) -> the parameter names the event declares
         self._declared: dict[tuple[str, str], frozenset[str] | None] = {}
+        self._known_generation = -1
         self._undeclared_seen: set[tuple[str, str, str]] = set()
 
     @property
@@ -489,12 +491,17 @@ class Worker:
         nothing can be called undeclared: a handler that takes fewer parameters than the
         sender sends is not the sender's fault)."""
         key = (api_name, event_name)
+        registry = self.client.registry
+        if registry.generation != self._known_generation:  # an API registered or described
+            self._known_generation = registry.generation
+            self._declared.clear()
         if key in self._declared:
             return self._declared[key]
-        definition = self.client.known_definition(api_name)
+        definition = registry.known(api_name)
         event = definition.events.get(event_name) if definition is not None else None
         names = None if event is None else frozenset(p.name for p in event.parameters)
-        if definition is not None:  # an API not known yet may be described later: ask again
+        # An API not known now is asked again once plugins describe APIs anew, or registered.
+        if definition is not None or len(self._declared) < MAX_LOGGED_NAMES:
             self._declared[key] = names
         return names
 
@@ -530,18 +537,27 @@ class Worker:
                            extra={"bus": {"listener_name": listener.name}})
             await consumer.dead_letter(delivery, f"malformed: {delivery.problem}")
             return
-        if not listener.wants(message.api_name, message.event_name):
+        key = (message.api_name, message.event_name)
+        if key not in listener.listen_for:
             acker.ack(delivery)  # another event on a shared stream
             return
-        about(message, listener_name=listener.name)  # this task's log lines are about it
+        # This task's log lines are about it (`about()`, built in place: once per event).
+        current_message.set({"api_name": message.api_name, "message_id": message.id,
+                             "event_name": message.event_name,
+                             "listener_name": listener.name})
+        hooks = client.hooks
         started = now()
         error: BaseException | None = None
         try:
-            declared = self._declared_parameters(message.api_name, message.event_name)
+            declared = self._declared.get(key, _UNKNOWN)
+            if declared is _UNKNOWN or \
+                    self.client.registry.generation != self._known_generation:
+                declared = self._declared_parameters(*key)
             if declared is not None and not declared.issuperset(message.kwargs):
                 await self._undeclared(listener, message, declared)
-            await client.hooks.before_event_handling(client, message, listener.name,
-                                                     delivery.delivery_count)
+            if hooks.implemented("bus_before_event_handling"):
+                await hooks.before_event_handling(client, message, listener.name,
+                                                  delivery.delivery_count)
             kwargs = listener.arguments.select(message, listener.name)
             if listener.is_async:
                 await listener.handler(message, **kwargs)
@@ -549,8 +565,9 @@ class Worker:
                 await client.call_user_code(listener.handler, False, message, **kwargs)
         except Exception as exc:
             error = exc
-        await client.hooks.after_event_handling(client, message, listener.name, error,
-                                                now() - started)
+        if hooks.implemented("bus_after_event_handling"):
+            await hooks.after_event_handling(client, message, listener.name, error,
+                                             now() - started)
         if error is None:
             acker.ack(delivery)
             return

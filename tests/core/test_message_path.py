@@ -209,3 +209,42 @@ def test_the_quick_call_and_result_decoding_decode_exactly_as_the_general_ones()
     _same_decoding(result_from_blob, _result_from_any_blob, _variants(result, {
         "id": [None, "", 7, "a\nb"], "rpc_message_id": [None, "", 3, "x" * 300],
         "error": [None, True, 1, "yes", 0], "trace": ["Traceback ...", 5, ""]}))
+
+
+async def test_an_event_learns_its_declaration_once_its_api_becomes_known(make_bus) -> None:
+    """A listener of an API this process does not know cannot call a parameter undeclared;
+    once the API is registered here (or described by a plugin), it can, without a restart."""
+    import asyncio
+
+    from bus_core import hookimpl
+    from tests.apis import AuthApi
+    from tests.helpers import event_transport, serving
+
+    reported: list[list[str]] = []
+
+    class Watch:
+        @hookimpl
+        def bus_on_undeclared_parameters(self, client: Any, message: Any, listener_name: str,
+                                         parameter_names: list[str]) -> None:
+            reported.append(parameter_names)
+
+    bus = make_bus(plugins=[Watch()])
+    heard: list[str] = []
+    bus.client.listen("auth.user_registered",
+                      lambda event, **kwargs: heard.append(kwargs["username"]),
+                      listener_name="welcome")
+
+    async def send(username: str) -> None:
+        transport = await event_transport(bus)
+        await transport.send_event(EventMessage(
+            api_name="auth", event_name="user_registered",
+            kwargs={"username": username, "email": "e", "plan": "gold"}))
+        while username not in heard:
+            await asyncio.sleep(0.005)
+
+    async with serving(bus):
+        await send("before")
+        assert reported == []  # nothing is declared: nothing is undeclared
+        bus.client.register_api(AuthApi())
+        await send("after")
+    assert reported == [["plan"]]
