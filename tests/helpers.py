@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from bus_memory import MemoryEventTransport
@@ -111,3 +111,36 @@ class ExplodingPlugin:
     @hookimpl
     def bus_register_serializers(self, register: Any) -> None:
         register("exploding-json", ExplodingSerializer)
+
+
+@contextlib.contextmanager
+def recording_http_server(body: bytes = b'{"type": "string"}',
+                          content_type: str = "application/json"
+                          ) -> Iterator[tuple[str, list[str]]]:
+    """A local HTTP server answering every GET with `body`: (its base URL, the paths
+    requested so far). For tests that something is never fetched."""
+    import http.server
+    import threading
+
+    requested: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requested.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requested
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,40 +5,18 @@ themselves validate as before."""
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 
 import pytest
 from bus_schema.validation import CompiledSchema, SchemaValidationError
 
+from tests.helpers import recording_http_server
+
 
 @pytest.fixture
 def listening() -> Iterator[tuple[str, list[str]]]:
-    """A local HTTP server that records every request (and serves a permissive schema)."""
-    requests: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            requests.append(self.path)
-            body = b'{"type": "string"}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", requests
-    finally:
-        server.shutdown()
-        server.server_close()
+    with recording_http_server() as server:
+        yield server
 
 
 @pytest.mark.parametrize("shape", ["top", "nested", "in_defs"])

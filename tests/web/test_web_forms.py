@@ -11,6 +11,7 @@ from bus_web.forms import fields_for, validation_errors
 
 from bus_core import Api
 from tests.apis import Address, Colour
+from tests.helpers import recording_http_server
 
 
 @dataclass
@@ -72,34 +73,9 @@ def test_a_remote_ref_is_never_fetched() -> None:
     """A schema from the shared schema (any service may write it) naming a `$ref` URL must
     not make the console fetch it (a request from the console's host to anywhere): the
     check says the reference cannot be resolved, and nothing is requested."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    requested: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            requested.append(self.path)
-            body = b'{"enum": ["internal-secret"]}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/schema.json"
-        schema = {"type": "object", "properties": {"item": {"$ref": url}}}
+    with recording_http_server(b'{"enum": ["internal-secret"]}') as (base, requested):
+        schema = {"type": "object", "properties": {"item": {"$ref": f"{base}/schema.json"}}}
         errors = validation_errors(schema, {"item": "x"})
-    finally:
-        server.shutdown()
-        server.server_close()
     assert requested == []
     (error,) = errors
     assert "cannot be resolved" in error["message"] and "internal-secret" not in str(errors)
