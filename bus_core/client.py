@@ -293,10 +293,12 @@ class BusClient:
                              bus_options)
 
     async def send_event_async(self, message: EventMessage,
-                               bus_options: dict[str, Any] | None = None) -> None:
-        """Send a built event to its event transport, with the fire hooks around it (what a
-        fire does once no plugin took the event; an outbox relay calls it later)."""
-        await outgoing.send_event(self, message, bus_options)
+                               bus_options: dict[str, Any] | None = None, *,
+                               fire_hooks: bool = True) -> None:
+        """Send a built event to its event transport, with the fire hooks around it. An
+        outbox relay sends an event it took with `fire_hooks=False`: its hooks ran when it
+        was fired (so a tracer's span and headers belong to the request that fired it)."""
+        await outgoing.send_event(self, message, bus_options, "all" if fire_hooks else "none")
 
     # -- worker ------------------------------------------------------------------------
 

@@ -268,12 +268,13 @@ def bus_take_event(client: BusClient, message: EventMessage) -> Any:
     open database transaction, and a relay sends it once that transaction commits.
 
     Called for every fire once the message is built (arguments checked and cast,
-    ``message.kwargs`` in wire form, ``message.id`` final), before ``bus_before_event_fire``,
-    in the firing thread: for a sync ``fire()`` on the caller's own thread, before the bus's
-    loop is involved, so that thread's database connection and transaction are usable.
-    The first implementation that returns True wins; the kernel then sends nothing and runs
-    no other fire hook (whoever relays the event later sends it with
-    ``client.send_event_async(message)``, which runs them).
+    ``message.kwargs`` in wire form, ``message.id`` final), after ``bus_before_event_fire``
+    (so the headers a tracer writes are in the message it takes), in the firing thread:
+    for a sync ``fire()`` on the caller's own thread, before the bus's loop is involved,
+    so that thread's database connection and transaction are usable. The first
+    implementation that returns True wins; ``bus_after_event_fire`` then follows at once
+    and the kernel sends nothing. Whoever relays the event later sends it with
+    ``client.send_event_async(message, fire_hooks=False)``: its fire hooks already ran.
 
     :param client: the firing bus client.
     :param message: the event, complete.

@@ -12,7 +12,7 @@ import inspect
 import logging
 import typing
 from collections.abc import Coroutine, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from bus_core import procedures
 from bus_core.deadlines import within
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from bus_core.transports import EventTransport, ResultTransport, RpcTransport
 
 T = TypeVar("T")
+Hooks = Literal["all", "after", "none"]  # which fire hooks a send runs
 logger = logging.getLogger("bus.client")
 
 
@@ -174,35 +175,81 @@ def event_message(client: BusClient, api_name: str, event_name: str,
 async def fire_async(client: BusClient, api_name: str, event_name: str,
                      many: list[dict[str, Any]], bus_options: dict[str, Any] | None
                      ) -> list[EventMessage]:
-    """Fire one event per kwargs dict (each checked before any is sent); each is offered to
-    the plugins first (an outbox may take it), the rest go to the transport together."""
+    """Fire one event per kwargs dict (each checked before any is sent), all sent together.
+    With a plugin that may take events (an outbox), each is offered to it first, inside
+    its fire hooks; the rest go to the transport."""
     messages = [event_message(client, api_name, event_name, kwargs) for kwargs in many]
-    unsent = []
-    for message in messages:
-        taken = client.hooks.take_event(client, message)
-        if taken is not None and inspect.isawaitable(taken):
-            taken = await taken
-        if not taken:
-            unsent.append(message)
-    if len(unsent) == 1:
-        await send_event(client, unsent[0], bus_options)
-    elif unsent:
-        await send_events(client, unsent, bus_options)
+    if not client.hooks.implemented("bus_take_event"):
+        await send_events(client, messages, bus_options)
+        return messages
+    unsent = [message for message in messages if not await _offered(client, message)]
+    await send_events(client, unsent, bus_options, hooks="after")
     return messages
 
 
 def fire(client: BusClient, api_name: str, event_name: str, many: list[dict[str, Any]],
          bus_options: dict[str, Any] | None) -> list[EventMessage]:
-    """`fire_async` from sync code: the events are built and offered to the plugins on the
-    caller's own thread (an outbox writes into that thread's open transaction); the rest
-    are sent on the client's loop."""
+    """`fire_async` from sync code: the events are built, and offered to the plugins, on
+    the caller's own thread (an outbox writes into that thread's open transaction); the
+    rest are sent on the client's loop."""
     messages = [event_message(client, api_name, event_name, kwargs) for kwargs in many]
-    unsent = [message for message in messages if not _taken_here(client, message)]
-    if len(unsent) == 1:
-        client.run_sync(send_event(client, unsent[0], bus_options))
-    elif unsent:
-        client.run_sync(send_events(client, unsent, bus_options))
+    if not client.hooks.implemented("bus_take_event"):
+        client.run_sync(send_events(client, messages, bus_options))
+        return messages
+    unsent = [message for message in messages if not _offered_here(client, message)]
+    if unsent:
+        client.run_sync(send_events(client, unsent, bus_options, hooks="after"))
     return messages
+
+
+async def _offered(client: BusClient, message: EventMessage) -> bool:
+    """Offer `message` to the plugins that may take it, inside its fire hooks: they run in
+    the firing task, so a tracer's publish span (and the trace context it writes into the
+    message's headers, which an outbox stores) belongs to the request that fired. A taken
+    event's `bus_after_event_fire` follows the offer; whoever sends it later sends it
+    without the hooks (`send_event_async(message, fire_hooks=False)`)."""
+    hooks = client.hooks
+    token = about(message)
+    try:
+        await hooks.before_event_fire(client, message)
+        started = now()
+        try:
+            taken = hooks.take_event(client, message)
+            if taken is not None and inspect.isawaitable(taken):
+                taken = await taken
+        except BaseException as exc:
+            await hooks.after_event_fire(client, message, exc, now() - started)
+            raise
+        if taken:
+            await hooks.after_event_fire(client, message, None, now() - started)
+        return bool(taken)
+    finally:
+        current_message.reset(token)
+
+
+def _offered_here(client: BusClient, message: EventMessage) -> bool:
+    """`_offered` on a sync caller's own thread (a hook implementation that is a coroutine
+    runs on the client's loop)."""
+    hooks = client.hooks
+    token = about(message)
+    try:
+        _settle_here(client, hooks.before_event_fire(client, message))
+        started = now()
+        try:
+            taken = _taken_here(client, message)
+        except BaseException as exc:
+            _settle_here(client, hooks.after_event_fire(client, message, exc, now() - started))
+            raise
+        if taken:
+            _settle_here(client, hooks.after_event_fire(client, message, None, now() - started))
+        return taken
+    finally:
+        current_message.reset(token)
+
+
+def _settle_here(client: BusClient, awaitable: Any) -> None:
+    if inspect.iscoroutine(awaitable):  # an async hook implementation's work
+        client.run_sync(awaitable)
 
 
 def _taken_here(client: BusClient, message: EventMessage) -> bool:
@@ -229,28 +276,38 @@ def kwargs_dicts(many: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def send_event(client: BusClient, message: EventMessage,
-                     bus_options: dict[str, Any] | None) -> None:
+                     bus_options: dict[str, Any] | None, hooks: Hooks = "all") -> None:
     """Send a built event to its event transport with the fire hooks around it, within
     `apis.<api>.event_fire_timeout` (or `bus_options`)."""
-    token = about(message)  # what is logged while it is sent is about this event
-    try:
-        await send_events(client, (message,), bus_options)
-    finally:
-        current_message.reset(token)
+    await send_events(client, (message,), bus_options, hooks)
 
 
 async def send_events(client: BusClient, messages: Sequence[EventMessage],
-                      bus_options: dict[str, Any] | None) -> None:
-    """Send built events of one API with the fire hooks around each; the transport gets
-    them together (`fire_many`: one round trip on Redis) and the timeout covers them all."""
+                      bus_options: dict[str, Any] | None, hooks: Hooks = "all") -> None:
+    """Send built events of one API with the fire hooks around each (`hooks`: "after"
+    when their before hooks already ran, "none" for an event an outbox relays); the
+    transport gets them together (`fire_many`: one round trip on Redis) and the timeout
+    covers them all."""
     if not messages:
         return
     first = messages[0]
+    token = about(first) if len(messages) == 1 else None  # what is logged is about it
+    try:
+        await _send(client, messages, bus_options, hooks)
+    finally:
+        if token is not None:
+            current_message.reset(token)
+
+
+async def _send(client: BusClient, messages: Sequence[EventMessage],
+                bus_options: dict[str, Any] | None, which: Hooks) -> None:
+    first = messages[0]
     state = await client.state()
     transport: EventTransport = await state.transport("event", first.api_name)
-    hooks = client.hooks
-    for message in messages:
-        await hooks.before_event_fire(client, message)
+    hooks = client.hooks if which != "none" else _NO_HOOKS
+    if which == "all":
+        for message in messages:
+            await hooks.before_event_fire(client, message)
     api_config = client.config.api(first.api_name)
     timeout, source = timeout_for(bus_options, api_config.event_fire_timeout,
                                   f"apis.{first.api_name}.event_fire_timeout")
@@ -274,3 +331,24 @@ async def send_events(client: BusClient, messages: Sequence[EventMessage],
         await hooks.after_event_fire(client, message, None, now() - started)
     logger.debug("fired %d %s event(s), the first with native id %s", len(messages),
                  first.canonical_name, first.native_id)
+
+
+class _NoHooks:
+    """Fire hooks that do nothing: a relayed event had its own when it was fired."""
+
+    @staticmethod
+    def after_event_fire(*args: Any) -> Any:
+        return _NOTHING
+
+    before_event_fire = after_event_fire
+
+
+class _Nothing:
+    __slots__ = ()
+
+    def __await__(self) -> Any:
+        return iter(())
+
+
+_NOTHING = _Nothing()
+_NO_HOOKS = _NoHooks()

@@ -153,3 +153,58 @@ async def test_transactional_handlers_run_inside_the_plugins_wrapper(
         await eventually(lambda: len(handled) == 2)
     assert sorted(handled) == ["async", "sync"]
     assert sorted(transactions.inside) == [("tx_async", fired.id), ("tx_sync", fired.id)]
+
+
+class Order:
+    """Records the fire hooks and the offer, in order, with the thread each ran on."""
+
+    def __init__(self, take: bool) -> None:
+        self.take = take
+        self.seen: list[tuple[str, str]] = []
+
+    @hookimpl
+    def bus_before_event_fire(self, client: Any, message: EventMessage) -> None:
+        message.headers = {"traceparent": "from-the-request"}  # what a tracer writes
+        self.seen.append(("before", threading.current_thread().name))
+
+    @hookimpl
+    def bus_take_event(self, client: Any, message: EventMessage) -> bool | None:
+        assert message.headers == {"traceparent": "from-the-request"}
+        self.seen.append(("take", threading.current_thread().name))
+        return True if self.take else None
+
+    @hookimpl
+    def bus_after_event_fire(self, client: Any, message: EventMessage, error: Any,
+                             duration: float) -> None:
+        self.seen.append(("after", threading.current_thread().name))
+
+
+@pytest.mark.parametrize("take", [True, False])
+def test_an_offered_event_is_inside_its_fire_hooks_on_the_callers_thread(
+        make_bus: Callable[..., Bus], take: bool) -> None:
+    order = Order(take)
+    bus = make_bus(plugins=[order])
+    bus.client.register_api(AuthApi())
+    bus.auth.user_registered.fire(username="a", email="a@x")
+    here = threading.current_thread().name
+    steps = [step for step, _ in order.seen]
+    assert steps == ["before", "take", "after"]
+    assert [thread for _, thread in order.seen[:2]] == [here, here]
+    if take:
+        assert order.seen[2][1] == here  # nothing was sent: all on the caller's thread
+
+
+async def test_a_relayed_event_runs_no_fire_hook_again_and_keeps_its_headers(
+        make_bus: Callable[..., Bus]) -> None:
+    order = Order(take=True)
+    bus = make_bus(plugins=[order])
+    bus.client.register_api(AuthApi())
+    heard = EventRecorder()
+    bus.auth.user_registered.listen(heard, listener_name="welcome")
+    async with serving(bus):
+        fired = await bus.auth.user_registered.fire_async(username="a", email="a@x")
+        assert [step for step, _ in order.seen] == ["before", "take", "after"]
+        await bus.client.send_event_async(fired, fire_hooks=False)  # the relay
+        [event] = await heard.wait_for(1)
+    assert [step for step, _ in order.seen] == ["before", "take", "after"]
+    assert event.headers == {"traceparent": "from-the-request"}

@@ -15,7 +15,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from bus_core import Bus, EventMessage, RemoteError, RpcTimeout
+from bus_core import Bus, EventMessage, RemoteError, RpcTimeout, hookimpl
 from bus_core.logs import JsonFormatter, MessageContextFilter
 from tests.apis import AuthApi
 from tests.conftest import memory_config
@@ -263,3 +263,41 @@ async def test_json_logs_carry_trace_and_span_ids(make_bus: Callable[..., Bus],
     entry = json.loads(lines[0])
     assert entry["trace_id"] == f"{process.context.trace_id:032x}"
     assert entry["span_id"] == f"{process.context.span_id:016x}"
+
+
+class ListOutbox:
+    """An outbox in a list (bus-outbox writes into a table): takes every fire."""
+
+    def __init__(self) -> None:
+        self.taken: list[EventMessage] = []
+
+    @hookimpl
+    def bus_take_event(self, client: Any, message: EventMessage) -> bool:
+        self.taken.append(message)
+        return True
+
+
+async def test_an_event_an_outbox_took_continues_the_trace_of_the_request_that_fired(
+        make_bus: Callable[..., Bus], spans: InMemorySpanExporter) -> None:
+    outbox = ListOutbox()
+    bus = make_bus(plugins=[otel_plugin, outbox])
+    bus.client.register_api(AuthApi())
+    done = asyncio.Event()
+
+    async def welcome(event: EventMessage, username: str, email: str) -> None:
+        done.set()
+
+    bus.auth.user_registered.listen(welcome, listener_name="welcome")
+    tracer = trace.get_tracer("test")
+    async with serving(bus):
+        with tracer.start_as_current_span("request") as request:
+            await bus.auth.user_registered.fire_async(username="a", email="e")
+        (taken,) = outbox.taken
+        await bus.client.send_event_async(taken, fire_hooks=False)  # the relay, no span
+        await asyncio.wait_for(done.wait(), 5)
+    await eventually(lambda: len(by_name(spans, "process auth.user_registered")) == 1)
+    (publish,) = by_name(spans, "publish auth.user_registered")
+    (process,) = by_name(spans, "process auth.user_registered")
+    assert publish.parent.span_id == request.get_span_context().span_id
+    assert process.context.trace_id == request.get_span_context().trace_id
+    assert process.parent.span_id == publish.context.span_id

@@ -253,7 +253,7 @@ class Relay:
         refused: list[tuple[int, str]] = []
         for seq, message in chain:
             try:
-                await self.client.send_event_async(message)
+                await self.client.send_event_async(message, fire_hooks=False)
             except InvalidMessage as exc:
                 refused.append((seq, f"refused: {describe(exc)}"))
                 continue
