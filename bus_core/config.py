@@ -540,7 +540,11 @@ def _error_line(error: jsonschema.ValidationError,
     path = _path_of(error)
     schema = error.schema if isinstance(error.schema, dict) else {}
     message = error.message
-    if error.validator == "format" and error.cause is not None:
+    if schema.get("writeOnly"):
+        # A secret (a token, a password: `writeOnly` in the schema): say what is wrong
+        # with it, never the value itself.
+        message = message.replace(repr(error.instance), "(the value, hidden)")
+    elif error.validator == "format" and error.cause is not None:
         message = str(error.cause)  # the check's own words, not "... is not a 'format'"
     elif message.startswith(repr(error.instance)):
         message = as_yaml(error.instance) + message[len(repr(error.instance)):]

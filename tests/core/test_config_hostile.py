@@ -435,3 +435,33 @@ def test_a_failing_plugin_config_source_is_a_config_error(manager):
         assert SECRET not in str(caught.value)
     finally:
         own.unregister("vault-source")
+
+
+class SecretPlugin:
+    """A throwaway plugin whose token option is a secret (`writeOnly` in its schema)."""
+
+    @hookimpl
+    def bus_plugin_config_schema(self) -> dict[str, Any]:
+        return {"properties": {
+            "token": {"type": "string", "minLength": 16, "pattern": "^[a-z]+$",
+                      "writeOnly": True},
+            "users": {"type": "object", "additionalProperties": {
+                "type": "string", "minLength": 16, "writeOnly": True}}}}
+
+
+@pytest.mark.parametrize("section", [
+    "{token: hunter2}", "{token: HUNTER2HUNTER2HUNTER2}", "{token: 42}",
+    "{users: {alice: hunter2}}",
+])
+def test_a_bad_secret_is_named_never_shown(tmp_path, section):
+    manager = PluginManager()
+    manager.register(SecretPlugin(), name="secret")
+    try:
+        path = write(tmp_path, "bus.yaml", f"plugins:\n  secret: {section}\n")
+        with pytest.raises(ConfigError) as caught:
+            load_config(path, manager, environ={})
+    finally:
+        manager.unregister("secret")
+    text = str(caught.value)
+    assert "plugins.secret." in text and "(the value, hidden)" in text
+    assert "hunter2" not in text.lower() and "42" not in text

@@ -34,7 +34,8 @@ def bus_plugin_config_schema() -> dict[str, Any]:
                 "type": "object",
                 "description": "user name -> access token (use ${ENV_VAR}); without users, "
                                "`bus web` makes a token and prints it",
-                "additionalProperties": {"type": "string", "minLength": 16},
+                "additionalProperties": {"type": "string", "minLength": 16,
+                                         "writeOnly": True},  # never shown in errors
             },
         },
     }
