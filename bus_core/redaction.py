@@ -57,7 +57,15 @@ def redact_url(url: str) -> str:
     return f"{url[:start]}{authority}{rest}"
 
 
+# `password=...` in a key=value connection string (libpq's `host=db password=s3cret`):
+# the value, quoted or not, is masked wherever it appears.
+_KEYWORD_SECRET = re.compile(r"\b(password|passwd|pwd|sslpassword)(\s*=\s*)"
+                             r"('(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.IGNORECASE)
+
+
 def redact_text(text: str) -> str:
-    """`text` with every `scheme://...` URL in it passed through `redact_url`: the last line
-    of defence for messages that quote a value (a schema error repeats the bad URL)."""
-    return _URL.sub(lambda match: redact_url(match.group(0)), text)
+    """`text` with every `scheme://...` URL in it passed through `redact_url`, and every
+    `password=...` of a key=value connection string masked: the last line of defence for
+    messages that quote a value (a schema error repeats the bad URL)."""
+    text = _URL.sub(lambda match: redact_url(match.group(0)), text)
+    return _KEYWORD_SECRET.sub(lambda match: f"{match.group(1)}{match.group(2)}{MASK}", text)

@@ -129,6 +129,13 @@ def test_one_helper_masks_passwords_tokens_and_credential_parameters():
     assert SECRET not in redact_url(f"redis://u:{SECRET}@h:99999/0")
     assert redact_url("/etc/bus.yaml") == "/etc/bus.yaml"
     assert redact_text(f"'redis://u:{SECRET}@h/0' is bad") == "'redis://u:***@h/0' is bad"
+    # key=value connection strings (libpq's): the password, quoted or not, any case
+    for text, shown in (
+            (f"host=db password={SECRET} user=a", "host=db password=*** user=a"),
+            (f"host=db PASSWORD = '{SECRET} x' port=5", "host=db PASSWORD = *** port=5"),
+            (f"dsn: sslpassword={SECRET}", "dsn: sslpassword=***")):
+        assert redact_text(text) == shown
+    assert redact_text("password policy: none") == "password policy: none"
 
 
 SOURCE_PROBLEMS = {
