@@ -179,6 +179,8 @@ async def fire_async(client: BusClient, api_name: str, event_name: str,
     With a plugin that may take events (an outbox), each is offered to it first, inside
     its fire hooks; the rest go to the transport."""
     messages = [event_message(client, api_name, event_name, kwargs) for kwargs in many]
+    if bus_options is not None:  # refused before any hook or outbox sees the events
+        timeout_for(bus_options, 1.0, "")
     if not client.hooks.implemented("bus_take_event"):
         await send_events(client, messages, bus_options)
         return messages
@@ -193,6 +195,8 @@ def fire(client: BusClient, api_name: str, event_name: str, many: list[dict[str,
     the caller's own thread (an outbox writes into that thread's open transaction); the
     rest are sent on the client's loop."""
     messages = [event_message(client, api_name, event_name, kwargs) for kwargs in many]
+    if bus_options is not None:  # refused before any hook or outbox sees the events
+        timeout_for(bus_options, 1.0, "")
     if not client.hooks.implemented("bus_take_event"):
         client.run_sync(send_events(client, messages, bus_options))
         return messages
@@ -304,13 +308,13 @@ async def _send(client: BusClient, messages: Sequence[EventMessage],
     first = messages[0]
     state = await client.state()
     transport: EventTransport = await state.transport("event", first.api_name)
+    api_config = client.config.api(first.api_name)
+    timeout, source = timeout_for(bus_options, api_config.event_fire_timeout,
+                                  f"apis.{first.api_name}.event_fire_timeout")
     hooks = client.hooks if which != "none" else _NO_HOOKS
     if which == "all":
         for message in messages:
             await hooks.before_event_fire(client, message)
-    api_config = client.config.api(first.api_name)
-    timeout, source = timeout_for(bus_options, api_config.event_fire_timeout,
-                                  f"apis.{first.api_name}.event_fire_timeout")
     sending = transport.send_event(first) if len(messages) == 1 \
         else transport.send_events(messages)
     started = now()

@@ -89,3 +89,18 @@ def test_an_empty_batch_sends_nothing(make_bus: Callable[..., Bus]) -> None:
     bus = make_bus()
     bus.client.register_api(AuthApi())
     assert bus.auth.user_registered.fire_many([]) == []
+
+
+@pytest.mark.parametrize("take", [False, True])
+@pytest.mark.parametrize("options", [{"timeout": -1}, {"timeout": "soon"}, {"wait": 1}, [1]])
+async def test_bad_bus_options_are_refused_before_any_hook_or_outbox_sees_the_event(
+        make_bus: Callable[..., Bus], options: Any, take: bool) -> None:
+    watcher = Watcher(take=lambda message: take)
+    bus = make_bus(plugins=[watcher])
+    bus.client.register_api(AuthApi())
+    with pytest.raises(InvalidArguments, match="bus_options"):
+        await bus.auth.user_registered.fire_async(username="u", email="e",
+                                                  bus_options=options)
+    with pytest.raises(InvalidArguments, match="bus_options"):
+        bus.auth.user_registered.fire_many(USERS, bus_options=options)
+    assert watcher.before == [] and watcher.after == []
